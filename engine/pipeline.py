@@ -1,0 +1,97 @@
+"""An ordered list of stages that queries flow through, batch by batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ragline.engine.docstore import fetch_passages
+from ragline.engine.errors import ConfigError
+from ragline.engine.stage import Stage
+from ragline.engine.types import Query, StageTrace
+
+
+class Pipeline:
+    """Runs queries through ``stages`` in batches of ``batch_size``.
+
+    After the last stage, the top ``top_k`` of each query's ranking get their
+    passage text (unless a stage already filled ``Query.passages``).
+    """
+
+    def __init__(self, stages: Sequence[Stage], top_k: int = 10, batch_size: int = 256):
+        if not stages:
+            raise ConfigError("a pipeline needs at least one stage")
+        if top_k < 0 or batch_size < 1:
+            raise ConfigError("top_k must be >= 0 and batch_size >= 1")
+        self.stages = list(stages)
+        self.top_k = top_k
+        self.batch_size = batch_size
+        _check_order(self.stages)
+
+    def warm_up(self) -> None:
+        for stage in self.stages:
+            stage.ensure_warm()
+
+    def run(self, queries: str | Iterable[str | Query]) -> list[Query]:
+        if isinstance(queries, str):
+            queries = [queries]
+        items = [q if isinstance(q, Query) else Query(id=str(i), text=q) for i, q in enumerate(queries)]
+        self.warm_up()
+        done: list[Query] = []
+        for start in range(0, len(items), self.batch_size):
+            done.extend(self._run_batch(items[start : start + self.batch_size]))
+        return done
+
+    def _run_batch(self, batch: list[Query]) -> list[Query]:
+        for stage in self.stages:
+            before = [len(q.ranking) for q in batch]
+            t0 = time.perf_counter()
+            batch = stage.run(batch)
+            seconds = time.perf_counter() - t0
+            for q, n_in in zip(batch, before):
+                q.trace.append(StageTrace(stage.name, seconds, len(batch), n_in, len(q.ranking)))
+        for q in batch:
+            if not q.passages and self.top_k:
+                q.passages = fetch_passages(q.ranking[: self.top_k])
+        return batch
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "top_k": self.top_k,
+            "batch_size": self.batch_size,
+            "stages": [{stage.name: stage.to_config()} for stage in self.stages],
+        }
+
+    def save(self, path: str | Path) -> None:
+        from ragline.engine.config import save_pipeline_config
+
+        save_pipeline_config(self.to_config(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Pipeline:
+        from ragline.engine.config import load_pipeline
+
+        return load_pipeline(path)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(s) for s in self.stages)
+        return f"Pipeline([\n  {inner}\n], top_k={self.top_k})"
+
+
+def _check_order(stages: list[Stage]) -> None:
+    """Several retrievers must meet a fusion stage before anything reads the ranking."""
+    pending = 0
+    for stage in stages:
+        if stage.is_retriever:
+            pending += 1
+        elif stage.is_fusion:
+            pending = 0
+        elif pending > 1:
+            raise ConfigError(
+                f"stage {stage.name!r} follows {pending} retrievers with no fusion stage "
+                "between them; add a 'fuse' stage"
+            )
+    if pending > 1:
+        raise ConfigError(f"the pipeline ends with {pending} retrievers and no 'fuse' stage")

@@ -1,0 +1,59 @@
+"""The retrieval pipelines the CLI offers by name: bm25, dense, or hybrid
+(BM25 + dense fused with reciprocal rank fusion).
+
+Stages are looked up by their registered names, so the engine does not import
+the retriever modules.
+"""
+
+from __future__ import annotations
+
+from ragline.engine.errors import IndexNotFound, InputError
+from ragline.engine.index_dir import IndexDir
+from ragline.engine.pipeline import Pipeline
+from ragline.engine.registry import STAGES, lookup
+from ragline.engine.types import Hit
+
+RETRIEVERS = ("auto", "bm25", "dense", "hybrid")
+
+
+def retrieval_pipeline(index_path: str, retriever: str = "auto", k: int = 10, top_k: int | None = None,
+                       depth: int | None = None) -> Pipeline:
+    """``k`` results per query; ``depth`` is how many each retriever fetches
+    before fusion (default: max(k, 100))."""
+    if retriever not in RETRIEVERS:
+        raise InputError(f"unknown retriever {retriever!r}; use one of {', '.join(RETRIEVERS)}")
+    index = IndexDir.open(index_path)
+    if retriever == "auto":
+        retriever = "hybrid" if {"bm25", "dense"} <= set(index.components) else _only_component(index)
+    if retriever != "hybrid":
+        index.component(retriever)  # a clear error if it was not built
+        stages = [lookup(STAGES, retriever)(index=index_path, k=k)]
+    else:
+        for name in ("bm25", "dense"):
+            index.component(name)
+        depth = depth or max(k, 100)
+        stages = [
+            lookup(STAGES, "bm25")(index=index_path, k=depth),
+            lookup(STAGES, "dense")(index=index_path, k=depth),
+            lookup(STAGES, "fuse")(method="rrf", top_k=k),
+        ]
+    return Pipeline(stages, top_k=k if top_k is None else top_k)
+
+
+def _only_component(index: IndexDir) -> str:
+    known = [c for c in index.components if c in ("bm25", "dense")]
+    if not known:
+        raise IndexNotFound(f"index {index.path} has no retrieval component")
+    return known[0]
+
+
+def fold_to_documents(hits: list[Hit], index: IndexDir) -> list[tuple[str, float]]:
+    """Passage hits → document hits, each document scored by its best passage.
+    An index built without chunking has passage id = document id."""
+    if not index.meta.get("chunking"):
+        return [(h.id, h.score) for h in hits]
+    doc_of = index.docstore().doc_ids(h.id for h in hits)
+    seen: dict[str, float] = {}
+    for hit in hits:
+        seen.setdefault(doc_of.get(hit.id, hit.id), hit.score)
+    return list(seen.items())

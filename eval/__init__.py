@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics through pytrec_eval."""

