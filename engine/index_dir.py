@@ -24,7 +24,7 @@ DOCSTORE = "docstore.sqlite"
 
 # One DocStore per built index, shared by every stage that reads it, so hits
 # from several retrievers over one index resolve with one look-up.
-_open_stores: dict[tuple[str, str], DocStore] = {}
+_open_stores: dict[tuple[str, int, int], DocStore] = {}
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,10 @@ class IndexDir:
         return self.path / name, self.meta["components"][name]
 
     def docstore(self) -> DocStore:
-        key = (str(self.path.resolve()), self.meta.get("created", ""))
+        # Keyed by the file's identity: a rebuilt index is a new file, even
+        # within the same second.
+        stat = (self.path / DOCSTORE).stat()
+        key = (str(self.path.resolve()), stat.st_ino, stat.st_mtime_ns)
         store = _open_stores.get(key)
         if store is None:
             store = _open_stores[key] = DocStore(self.path / DOCSTORE)

@@ -7,7 +7,8 @@
    We start the JVM ourselves with the Anserini jar on the classpath and
    without that option; pyserini's own classpath set-up then finds the JVM
    running and skips itself (it is written to tolerate exactly that).
-   Lucene falls back to scalar code.
+   Lucene falls back to scalar code. The JVM's own logging is turned down to
+   warnings on stderr (the two config files beside this module).
 3. pyserini builds an OpenAI client when ``pyserini.encode`` is imported
    (which ``pyserini.search.lucene`` does), and that raises without an API key.
    A placeholder key avoids it; nothing is ever sent.
@@ -40,8 +41,11 @@ def ensure_lucene() -> None:
 
         if not jnius_config.vm_running:
             jnius_config.add_classpath(str(jar))
+            here = Path(__file__).parent
             jnius_config.set_options(
-                *(o for o in jnius_config.get_options() if "jdk.incubator.vector" not in o)
+                *(o for o in jnius_config.get_options() if "jdk.incubator.vector" not in o),
+                f"-Dlog4j2.configurationFile={here / 'lucene_log4j2.xml'}",
+                f"-Djava.util.logging.config.file={here / 'lucene_jul.properties'}",
             )
         import jnius  # noqa: F401  (starts the JVM)
 

@@ -72,3 +72,14 @@ def test_meta_records_corpus_and_components(tmp_path):
     assert on_disk == meta
     assert meta["format_version"] == 1 and meta["corpus_format"] == "jsonl"
     assert meta["components"]["bm25"]["count"] == 1 and (meta["components"]["bm25"]["k1"], meta["components"]["bm25"]["b"]) == (0.9, 0.4)
+
+
+def test_rebuilt_index_serves_new_texts_in_the_same_process(tmp_path):
+    from ragline.engine.pipeline import Pipeline
+
+    out = tmp_path / "idx"
+    for version in ("first", "second"):
+        corpus = write_jsonl(tmp_path / f"{version}.jsonl", [{"id": "a", "text": f"shared term {version} edition"}])
+        build_index(corpus, out, {"bm25": {}})
+        (result,) = Pipeline([BM25(str(out))]).run(["shared term"])
+        assert result.passages[0].text == f"shared term {version} edition"

@@ -1,0 +1,192 @@
+"""Retrieval benchmark on Vaswani: the engine against the raw libraries it wraps.
+
+Side by side, in one process, on the same index and the same queries:
+- BM25 batch search: the engine's BM25 stage vs pyserini's LuceneSearcher.batch_search
+  (raw side reads each hit's docid and score, which any consumer must do);
+- dense search: the engine's Dense stage (encode + search + hits) vs
+  SentenceTransformer.encode + FAISS search, and the search step alone
+  (engine search_vectors vs faiss index.search);
+- encoding: the engine's index-build encoding path vs one SentenceTransformer.encode call;
+- indexing: wall time and peak resident memory of building each index, in a
+  child process (the JVM runs inside it), on a 2,000-document subset and on
+  the whole corpus;
+- effectiveness: MAP and nDCG@10 of BM25, dense and hybrid (RRF) runs.
+
+Timings are medians over interleaved repeats. Prints a table, then one JSON
+line with every figure.
+
+    python benchmarks/retrieval.py [--data ../shared/data/vaswani] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def side_by_side(engine_fn, raw_fn, repeats: int) -> tuple[float, float]:
+    """Median seconds of each, run alternately so drift hits both alike."""
+    engine_fn(), raw_fn()  # warm caches, JIT, thread pools
+    engine_times, raw_times = [], []
+    for _ in range(repeats):
+        engine_times.append(timed(engine_fn))
+        raw_times.append(timed(raw_fn))
+    return statistics.median(engine_times), statistics.median(raw_times)
+
+
+def build_in_child(corpus: Path, out: Path, components: dict) -> tuple[float, float]:
+    """Build an index in a fresh process (the JVM and the encoder live inside
+    it); return (seconds, the child's own peak RSS in MiB)."""
+    code = (
+        "import json, resource, sys; from ragline.engine.indexing import build_index; "
+        "build_index(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    start = time.perf_counter()
+    child = subprocess.run([sys.executable, "-c", code, str(corpus), str(out), json.dumps(components)],
+                           capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if child.returncode != 0:
+        raise SystemExit(f"index build failed:\n{child.stderr}")
+    peak_kib = int(child.stdout.strip().splitlines()[-1])
+    return seconds, peak_kib / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "vaswani")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--work", type=Path, default=None, help="Folder for the indexes (default: a temp folder).")
+    args = parser.parse_args()
+
+    from ragline.engine.corpus import read_corpus
+    from ragline.engine.retrieval import retrieval_pipeline
+    from ragline.engine.topics import read_qrels, read_topics
+    from ragline.engine.types import Query
+    from ragline.eval.metrics import mean_scores
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="ragline-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = args.data / "doc-text.trec"
+    topics = read_topics(args.data / "query-text.trec")
+    qrels = read_qrels(args.data / "qrels")
+    texts = [t for _, t in topics]
+    figures: dict[str, float] = {"queries": len(topics)}
+
+    # --- indexing: time and peak memory, small subset and whole corpus -------------
+    subset = work / "subset.jsonl"
+    with open(subset, "w") as f:
+        for doc in itertools.islice(read_corpus(corpus), 2000):
+            f.write(json.dumps({"id": doc.id, "text": doc.text}) + "\n")
+    for name, source in (("subset2000", subset), ("full", corpus)):
+        seconds, peak = build_in_child(source, work / f"idx-{name}", {"bm25": {}, "dense": {}})
+        figures[f"index_{name}_seconds"] = round(seconds, 1)
+        figures[f"index_{name}_peak_rss_mib"] = round(peak)
+    index = str(work / "idx-full")
+    figures["documents"] = json.loads((work / "idx-full" / "meta.json").read_text())["documents"]
+
+    # --- BM25: engine stage vs pyserini batch_search ------------------------------
+    from ragline.retrievers.bm25 import BM25
+
+    bm25 = BM25(index, k=1000)
+    bm25.warm_up()
+    from pyserini.search.lucene import LuceneSearcher
+
+    raw_searcher = LuceneSearcher(str(Path(index) / "bm25"))
+    raw_searcher.set_bm25(0.9, 0.4)
+    threads = os.cpu_count() or 1
+    qids = [str(i) for i in range(len(texts))]
+
+    def raw_bm25():
+        results = raw_searcher.batch_search(texts, qids, k=1000, threads=threads)
+        return [[(h.docid, h.score) for h in results[q]] for q in qids]
+
+    engine_s, raw_s = side_by_side(lambda: bm25.run([Query(str(i), t) for i, t in enumerate(texts)]), raw_bm25, args.repeats)
+    figures["bm25_engine_qps"] = round(len(texts) / engine_s, 1)
+    figures["bm25_pyserini_qps"] = round(len(texts) / raw_s, 1)
+    figures["bm25_throughput_ratio"] = round(raw_s / engine_s, 3)
+
+    # --- dense: engine stage vs SentenceTransformer + FAISS ------------------------
+    import faiss
+
+    from ragline.engine.models import load_sentence_encoder
+    from ragline.retrievers.dense import Dense
+
+    dense = Dense(index, k=100)
+    dense.warm_up()
+    model = load_sentence_encoder("all-MiniLM-L6-v2")
+    raw_index = faiss.read_index(str(Path(index) / "dense" / "faiss.index"))
+
+    def raw_dense():
+        vectors = model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+        return raw_index.search(vectors, 100)
+
+    engine_s, raw_s = side_by_side(lambda: dense.run([Query(str(i), t) for i, t in enumerate(texts)]), raw_dense, args.repeats)
+    figures["dense_engine_qps"] = round(len(texts) / engine_s, 1)
+    figures["dense_raw_qps"] = round(len(texts) / raw_s, 1)
+    figures["dense_throughput_ratio"] = round(raw_s / engine_s, 3)
+
+    vectors = dense.encode(texts)
+    engine_s, raw_s = side_by_side(lambda: dense.search_vectors(vectors, 100), lambda: raw_index.search(vectors, 100), args.repeats * 4)
+    figures["faiss_search_engine_ms"] = round(engine_s * 1000, 2)
+    figures["faiss_search_raw_ms"] = round(raw_s * 1000, 2)
+    figures["faiss_search_ratio"] = round(raw_s / engine_s, 3)
+
+    # --- encoding: the index-build path vs one SentenceTransformer.encode call -----
+    from ragline.engine.types import Passage
+    from ragline.retrievers.dense import DenseIndexBuilder
+
+    passages = [Passage(d.id, d.id, d.text) for d in itertools.islice(read_corpus(corpus), 2000)]
+    builder = DenseIndexBuilder()
+    builder.open(work / "encode-bench")
+
+    def engine_encode():
+        for start in range(0, len(passages), 4096):
+            builder.add(passages[start : start + 4096])
+
+    doc_texts = [p.text for p in passages]
+    engine_s, raw_s = side_by_side(
+        engine_encode,
+        lambda: model.encode(doc_texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True),
+        max(1, args.repeats // 2),
+    )
+    builder.abort()
+    figures["encode_engine_docs_per_s"] = round(len(passages) / engine_s, 1)
+    figures["encode_raw_docs_per_s"] = round(len(passages) / raw_s, 1)
+    figures["encode_throughput_ratio"] = round(raw_s / engine_s, 3)
+
+    # --- effectiveness -------------------------------------------------------------
+    for retriever in ("bm25", "dense", "hybrid"):
+        pipeline = retrieval_pipeline(index, retriever, k=1000, top_k=0)
+        results = pipeline.run([Query(qid, text) for qid, text in topics])
+        run = {q.id: {h.id: h.score for h in q.ranking} for q in results}
+        scores = mean_scores(qrels, run, ["map", "ndcg_cut_10", "recall_100"])
+        figures[f"{retriever}_map"] = round(scores["map"], 4)
+        figures[f"{retriever}_ndcg10"] = round(scores["ndcg_cut_10"], 4)
+        figures[f"{retriever}_recall100"] = round(scores["recall_100"], 4)
+
+    figures["cpu_count"] = os.cpu_count()
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
