@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -152,6 +153,8 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()
     try:
+        for plugin in entry_points(group="ragline.cli"):
+            plugin.load()(app)
         app(standalone_mode=False)
     except RaglineError as error:
         err.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)

@@ -126,3 +126,18 @@ def fetch_passages(hits: Sequence[Hit]) -> list[Passage]:
         for h in hits
         if h.store is not None and (id(h.store), h.id) in found
     ]
+
+
+class MemoryStore:
+    """A document store held in a dict, with the read side of ``DocStore``: for
+    candidate pools that exist only for one evaluation (a question's own
+    paragraphs), where writing SQLite would be pointless."""
+
+    def __init__(self, passages: Iterable[Passage]):
+        self._by_id = {p.id: p for p in passages}
+
+    def get(self, ids: Iterable[str]) -> dict[str, Passage]:
+        return {pid: self._by_id[pid] for pid in ids if pid in self._by_id}
+
+    def doc_ids(self, ids: Iterable[str]) -> dict[str, str]:
+        return {pid: p.doc_id for pid, p in self.get(ids).items()}

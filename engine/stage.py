@@ -9,6 +9,7 @@ the plain values that rebuild it, which is what a YAML pipeline file holds.
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Any, ClassVar
 
 from ragline.engine.types import Query
@@ -25,13 +26,18 @@ class Stage(abc.ABC):
 
     _warm = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Whoever calls warm_up() (the pipeline, a user, a helper method), the
+        # loading happens once per instance.
+        if "warm_up" in cls.__dict__:
+            cls.warm_up = _once(cls.__dict__["warm_up"])
+
     def warm_up(self) -> None:
-        """Load models and indexes. Called once before the first ``run``."""
+        """Load models and indexes. Runs once per instance, however often called."""
 
     def ensure_warm(self) -> None:
-        if not self._warm:
-            self.warm_up()
-            self._warm = True
+        self.warm_up()
 
     @abc.abstractmethod
     def run(self, batch: list[Query]) -> list[Query]:
@@ -44,3 +50,13 @@ class Stage(abc.ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _once(warm_up):
+    @functools.wraps(warm_up)
+    def wrapper(self) -> None:
+        if not self._warm:
+            warm_up(self)
+            self._warm = True
+
+    return wrapper

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ragline.engine.index_dir import IndexDir
-from ragline.engine.stage import Stage
-from ragline.engine.types import Hit, Passage, Query
+from ragline.engine.retriever import Retriever
+from ragline.engine.types import Passage
 from ragline.retrievers.lucene_runtime import lucene_indexer, lucene_searcher
 
 DEFAULT_K1 = 0.9
@@ -58,22 +58,18 @@ class BM25IndexBuilder:
                 self._indexer = None
 
 
-class BM25(Stage):
+class BM25(Retriever):
     """Retrieve the top ``k`` passages of every query in the batch with BM25."""
 
     name = "bm25"
-    is_retriever = True
 
     def __init__(self, index: str, k: int = 100, k1: float = DEFAULT_K1, b: float = DEFAULT_B, threads: int | None = None):
-        if k < 1:
-            raise ValueError("k must be >= 1")
         self.index = str(index)
-        self.k = k
+        self.k = self.check_k(k)
         self.k1 = k1
         self.b = b
         self.threads = threads
         self._searcher = None
-        self._store = None
 
     def warm_up(self) -> None:
         index = IndexDir.open(self.index)
@@ -88,13 +84,6 @@ class BM25(Stage):
         keys = [str(i) for i in range(len(texts))]
         results = self._searcher.batch_search(texts, keys, k=k or self.k, threads=self.threads or _default_threads())
         return [[(hit.docid, hit.score) for hit in results.get(key, [])] for key in keys]
-
-    def run(self, batch: list[Query]) -> list[Query]:
-        for query, found in zip(batch, self.search([q.text for q in batch])):
-            hits = [Hit(pid, score, rank, self.name, self._store) for rank, (pid, score) in enumerate(found, 1)]
-            query.hits[self.name] = hits
-            query.ranking = hits
-        return batch
 
     def to_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"index": self.index, "k": self.k, "k1": self.k1, "b": self.b}

@@ -17,8 +17,8 @@ import numpy as np
 from ragline.engine.errors import EncoderMismatch, RaglineError
 from ragline.engine.index_dir import IndexDir
 from ragline.engine.models import DEFAULT_ENCODER, canonical_model_id, encode_texts, load_sentence_encoder
-from ragline.engine.stage import Stage
-from ragline.engine.types import Hit, Passage, Query
+from ragline.engine.retriever import Retriever
+from ragline.engine.types import Passage
 from ragline.retrievers.faiss_index import build_faiss_index, import_faiss, maybe_to_gpu, set_search_params
 
 FORMAT_VERSION = 1
@@ -76,7 +76,7 @@ class DenseIndexBuilder:
             self._file.close()
 
 
-class Dense(Stage):
+class Dense(Retriever):
     """Retrieve the top ``k`` passages of every query by embedding similarity.
 
     ``encoder`` defaults to the one the index was built with; naming another is
@@ -85,16 +85,13 @@ class Dense(Stage):
     """
 
     name = "dense"
-    is_retriever = True
 
     def __init__(self, index: str, k: int = 100, encoder: str | None = None, batch_size: int = 64,
                  device: str | None = None, nprobe: int = 16, ef_search: int = 128, gpu: str = "auto"):
-        if k < 1:
-            raise ValueError("k must be >= 1")
         if gpu not in ("auto", "yes", "no"):
             raise ValueError("gpu must be auto, yes or no")
         self.index = str(index)
-        self.k = k
+        self.k = self.check_k(k)
         self.encoder = encoder
         self.batch_size = batch_size
         self.device = device
@@ -104,7 +101,6 @@ class Dense(Stage):
         self._faiss_index = None
         self._ids: list[str] = []
         self._model = None
-        self._store = None
 
     def warm_up(self) -> None:
         index = IndexDir.open(self.index)
@@ -134,20 +130,14 @@ class Dense(Stage):
         self.ensure_warm()
         scores, rows = self._faiss_index.search(vectors, k or self.k)
         ids = self._ids
+        # FAISS pads with row -1 when fewer than k vectors qualify.
         return [
-            [(ids[row], float(score)) for row, score in zip(row_list, score_list) if row >= 0]
+            [(ids[row], score) for row, score in zip(row_list, score_list) if row >= 0]
             for row_list, score_list in zip(rows.tolist(), scores.tolist())
         ]
 
     def search(self, texts: list[str], k: int | None = None) -> list[list[tuple[str, float]]]:
         return self.search_vectors(self.encode(texts), k)
-
-    def run(self, batch: list[Query]) -> list[Query]:
-        for query, found in zip(batch, self.search([q.text for q in batch])):
-            hits = [Hit(pid, score, rank, self.name, self._store) for rank, (pid, score) in enumerate(found, 1)]
-            query.hits[self.name] = hits
-            query.ranking = hits
-        return batch
 
     def to_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"index": self.index, "k": self.k}

@@ -98,3 +98,24 @@ def test_user_stage_registered_by_name_runs_in_yaml(tmp_path):
     assert yaml.safe_load((tmp_path / "p.yaml").read_text())["stages"] == [{"constant_hits": {"ids": ["a", "b"]}}]
     (result,) = Pipeline.load(tmp_path / "p.yaml").run([Query("q1", "anything")])
     assert [h.id for h in result.ranking] == ["a", "b"] and result.id == "q1"
+
+
+def test_warm_up_loads_once_however_often_called():
+    class Counting(Stage):
+        name = "counting"
+        loads = 0
+
+        def warm_up(self):
+            type(self).loads += 1
+
+        def run(self, batch):
+            return batch
+
+        def to_config(self):
+            return {}
+
+    stage = Counting()
+    stage.warm_up()
+    stage.warm_up()
+    Pipeline([stage]).run(["q"])
+    assert Counting.loads == 1

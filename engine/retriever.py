@@ -1,0 +1,32 @@
+"""The shared shape of first-stage retrievers: ``search`` turns query texts
+into ``(passage id, score)`` lists, and ``run`` turns those into hits."""
+
+from __future__ import annotations
+
+import abc
+
+from ragline.engine.stage import Stage
+from ragline.engine.types import Hit, Query
+
+
+class Retriever(Stage):
+    is_retriever = True
+    #: The document store of the index searched; set by ``warm_up``.
+    _store = None
+
+    @staticmethod
+    def check_k(k: int) -> int:
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        return k
+
+    @abc.abstractmethod
+    def search(self, texts: list[str], k: int | None = None) -> list[list[tuple[str, float]]]:
+        """One ``(passage id, score)`` list per text, best first."""
+
+    def run(self, batch: list[Query]) -> list[Query]:
+        for query, found in zip(batch, self.search([q.text for q in batch])):
+            hits = [Hit(pid, score, rank, self.name, self._store) for rank, (pid, score) in enumerate(found, 1)]
+            query.hits[self.name] = hits
+            query.ranking = hits
+        return batch

@@ -1,0 +1,209 @@
+"""Evaluation verbs of the ``ragline`` command: ``eval``, ``convert`` and
+``build``. The engine's CLI loads this through the ``ragline.cli`` entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+eval_app = typer.Typer(help="Evaluate pipelines on BEIR, PosIR and QA data.", no_args_is_help=True)
+convert_app = typer.Typer(help="Convert collections between formats.", no_args_is_help=True)
+build_app = typer.Typer(help="Build evaluation sets.", no_args_is_help=True)
+out = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
+    app.add_typer(convert_app, name="convert")
+    app.add_typer(build_app, name="build")
+
+
+def _pipeline(index: Optional[Path], pipeline: Optional[Path], retriever: str, k: int, corpus: Path | None):
+    """A pipeline from YAML, or a named retriever over ``index`` (built from
+    ``corpus`` first when the folder does not exist yet)."""
+    from ragline.engine.errors import InputError
+    from ragline.engine.pipeline import Pipeline
+    from ragline.engine.retrieval import retrieval_pipeline
+
+    if pipeline is not None:
+        return Pipeline.load(pipeline)
+    if index is None:
+        raise InputError("give --index DIR (built if absent) or --pipeline CONFIG.yaml")
+    if not index.exists() and corpus is not None:
+        from ragline.engine.indexing import build_index
+        from ragline.engine.models import DEFAULT_ENCODER
+
+        wanted = {"bm25": ["bm25"], "dense": ["dense"], "hybrid": ["bm25", "dense"], "auto": ["bm25"]}[retriever]
+        components = {name: ({"encoder": DEFAULT_ENCODER} if name == "dense" else {}) for name in wanted}
+        out.print(f"building {', '.join(wanted)} index at {index}")
+        build_index(corpus, index, components)
+    return retrieval_pipeline(str(index), retriever, k=k, top_k=0)
+
+
+@eval_app.command("beir")
+def eval_beir(
+    data: Annotated[str, typer.Argument(help="BEIR folder, or a dataset name (scifact, nfcorpus, ...) to download.")],
+    index: Annotated[Optional[Path], typer.Option(help="Index folder; built from the corpus if absent.")] = None,
+    pipeline: Annotated[Optional[Path], typer.Option(help="Pipeline YAML (instead of --index/--retriever).")] = None,
+    retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
+    split: Annotated[str, typer.Option(help="qrels split.")] = "test",
+    k: Annotated[int, typer.Option("--k", help="Results per query.")] = 1000,
+    metrics: Annotated[str, typer.Option(help="Comma-separated, e.g. nDCG@10,Recall@100,MAP@100.")] = "nDCG@10,Recall@100,MAP@100",
+    remove_query: Annotated[Optional[bool], typer.Option("--remove-query/--keep-query", help="Drop hits on the query's own id (default: on for arguana, quora).")] = None,
+    results: Annotated[Optional[Path], typer.Option("--out", help="Folder for run.trec, per_query.jsonl, summary.json.")] = None,
+) -> None:
+    """Score a retriever or pipeline on a BEIR dataset."""
+    from ragline.eval.beir import open_dataset
+    from ragline.eval.beir_eval import evaluate_beir
+    from ragline.eval.report import print_metrics
+
+    dataset = open_dataset(data, split)
+    pipe = _pipeline(index, pipeline, retriever, k, dataset.corpus)
+    names = [m for m in metrics.split(",") if m.strip()]
+    evaluation, summary = evaluate_beir(dataset, pipe, names, results, remove_query)
+    print_metrics(out, f"{dataset.name} ({split}, {summary['queries']} queries)", evaluation.means, summary["reference"])
+    if results:
+        out.print(f"[green]wrote[/] {results}/run.trec, per_query.jsonl, summary.json")
+
+
+@convert_app.command("trec-to-beir")
+def convert_trec_to_beir(
+    docs: Annotated[Path, typer.Option(help="TREC documents (file or folder).")],
+    topics: Annotated[Path, typer.Option(help="TREC topics.")],
+    qrels: Annotated[Path, typer.Option(help="TREC qrels.")],
+    folder: Annotated[Path, typer.Option("--out", help="BEIR folder to write.")],
+    split: Annotated[str, typer.Option(help="Name of the qrels split.")] = "test",
+) -> None:
+    """Write a TREC collection in the BEIR layout."""
+    from ragline.eval.convert import trec_to_beir
+
+    counts = trec_to_beir(docs, topics, qrels, folder, split)
+    out.print(f"[green]wrote[/] {folder}: {counts['documents']:,} documents, {counts['queries']} queries, "
+              f"{counts['judgements']:,} judgements")
+
+
+@eval_app.command("posir")
+def eval_posir(
+    root: Annotated[Path, typer.Argument(help="PosIR root: <lang-Script>/<domain>/{queries,corpus}.parquet, qrels/test.parquet.")],
+    encoder: Annotated[list[str], typer.Option(help="Encoder (hub id, path, packaged name); repeat to compare.")] = ["all-MiniLM-L6-v2"],
+    langs: Annotated[Optional[str], typer.Option(help="Comma-separated languages, e.g. eng-Latn,deu-Latn.")] = None,
+    cross_lingual: Annotated[bool, typer.Option(help="Search every language's queries against the English corpus.")] = False,
+    max_seq_length: Annotated[Optional[int], typer.Option(help="Override the encoder's input length limit.")] = None,
+    results: Annotated[Optional[Path], typer.Option("--out", help="Folder for per_query.jsonl, summary.json, position.png.")] = None,
+) -> None:
+    """Retrieval quality against the position of the evidence in the document."""
+    import json
+
+    from rich.table import Table
+
+    from ragline.engine.atomic import atomic_file, atomic_write_text
+    from ragline.eval.posir import evaluate_posir
+    from ragline.eval.posir_plot import plot_position_bias
+
+    languages = [x.strip() for x in langs.split(",")] if langs else None
+    runs = {name: evaluate_posir(root, name, languages, cross_lingual, max_seq_length=max_seq_length) for name in encoder}
+    table = Table(title="PosIR position bias")
+    for column in ("encoder", "language", "set", "queries", "nDCG@10", "binned", "PSI", "slope"):
+        table.add_column(column, justify="left" if column in ("encoder", "language", "set") else "right")
+    for name, result in runs.items():
+        for lang, report in result["report"].items():
+            for part, stats in report.items():
+                table.add_row(name, lang, part, str(stats["queries"]), f"{stats['mean_ndcg10']:.4f}",
+                              f"{stats['binned_ndcg10']:.4f}", f"{stats['psi']:.3f}", f"{stats['slope']:+.3f}")
+    out.print(table)
+    if results:
+        results.mkdir(parents=True, exist_ok=True)
+        with atomic_file(results / "per_query.jsonl") as f:
+            for name, result in runs.items():
+                for lang, rows in result["rows"].items():
+                    for row in rows:
+                        f.write(json.dumps({"encoder": name, "language": lang, **row}) + "\n")
+        summary = {name: {k: v for k, v in result.items() if k != "rows"} for name, result in runs.items()}
+        atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
+        panels = {f"{name} · {lang}": report for name, result in runs.items() for lang, report in result["report"].items()}
+        plot_position_bias(panels, results / "position.png")
+        out.print(f"[green]wrote[/] {results}/per_query.jsonl, summary.json, position.png")
+
+
+@build_app.command("posir")
+def build_posir_command(
+    source: Annotated[Path, typer.Option("--from", help="HotpotQA-format JSONL with supporting facts.")],
+    folder: Annotated[Path, typer.Option("--out", help="PosIR root folder to write.")],
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N questions.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the choice of filler text.")] = 0,
+) -> None:
+    """Build a position-controlled PosIR benchmark from QA data with evidence labels."""
+    from ragline.eval.posir_build import build_posir
+
+    counts = build_posir(source, folder, seed=seed, limit=limit)
+    out.print(f"[green]wrote[/] {folder}: " + ", ".join(f"{d} ({n} queries)" for d, n in counts.items()))
+
+
+@eval_app.command("qa")
+def eval_qa(
+    data: Annotated[Path, typer.Argument(help="HotpotQA-format JSONL.")],
+    pipeline: Annotated[Optional[Path], typer.Option(help="Pipeline YAML; without one the raw candidates are scored.")] = None,
+    setting: Annotated[str, typer.Option(help="distractor (own 10 paragraphs) or open (shared index).")] = "distractor",
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N questions.")] = None,
+    complete_only: Annotated[bool, typer.Option(help="Only questions whose supporting facts are all in their context.")] = False,
+    results: Annotated[Optional[Path], typer.Option("--out", help="Folder for per_question.jsonl and summary.json.")] = None,
+) -> None:
+    """Score a RAG pipeline on QA data: answers, evidence kept, context size, latency."""
+    import json
+
+    from rich.table import Table
+
+    from ragline.engine.atomic import atomic_file, atomic_write_text
+    from ragline.engine.pipeline import Pipeline
+    from ragline.eval.hotpotqa import read_hotpotqa
+    from ragline.eval.qa import evaluate_qa
+    from ragline.eval.report import package_versions, pipeline_provenance
+
+    questions = read_hotpotqa(data, limit)
+    pipe = Pipeline.load(pipeline) if pipeline else None
+    rows, summary = evaluate_qa(questions, pipe, setting, complete_only)
+    table = Table(title=f"QA ({setting}, {summary['questions']} questions)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("em", "f1", "support_recall", "gold_paragraph_recall", "tokens_before", "tokens_after", "compression_ratio", "ttft"):
+        value = summary[key]
+        table.add_row(key, "n/a (no answers generated)" if value is None and key in ("em", "f1") else
+                      "n/a" if value is None else f"{value:.4f}")
+    for stage, seconds in summary["stage_seconds"].items():
+        table.add_row(f"{stage} s/question", f"{seconds:.4f}")
+    out.print(table)
+    if results:
+        results.mkdir(parents=True, exist_ok=True)
+        with atomic_file(results / "per_question.jsonl") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        summary = {**summary, "data": str(data.resolve()), "setting": setting,
+                   "config": pipeline_provenance(pipe) if pipe else None, "versions": package_versions()}
+        atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
+        out.print(f"[green]wrote[/] {results}/per_question.jsonl, summary.json")
+
+
+@convert_app.command("hotpotqa-corpus")
+def convert_hotpotqa_corpus(
+    data: Annotated[Path, typer.Argument(help="HotpotQA-format JSONL.")],
+    corpus: Annotated[Path, typer.Option("--out", help="JSONL corpus to write (one paragraph per title; id = title with _ for spaces).")],
+) -> None:
+    """Every distinct paragraph of a HotpotQA file as a corpus, for the open QA setting."""
+    import json
+
+    from ragline.engine.atomic import atomic_file
+    from ragline.eval.hotpotqa import read_hotpotqa
+
+    seen: set[str] = set()
+    with atomic_file(corpus) as f:
+        for question in read_hotpotqa(data):
+            for paragraph in question.paragraphs:
+                if paragraph.title not in seen:
+                    seen.add(paragraph.title)
+                    # Ids without spaces, as in Wikipedia URLs, so TREC run files stay well formed.
+                    doc_id = paragraph.title.replace(" ", "_")
+                    f.write(json.dumps({"id": doc_id, "title": paragraph.title, "text": paragraph.text}, ensure_ascii=False) + "\n")
+    out.print(f"[green]wrote[/] {corpus}: {len(seen):,} paragraphs")

@@ -1,0 +1,72 @@
+"""Writing evaluation results: a TREC run, per-query metrics (JSONL), a
+``summary.json`` with everything needed to reproduce the figure, and a table
+in the terminal."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ragline.engine.atomic import atomic_file, atomic_write_text
+from ragline.engine.index_dir import IndexDir
+from ragline.engine.pipeline import Pipeline
+from ragline.engine.runfile import write_run
+
+_PACKAGES = ("ragline", "torch", "transformers", "sentence-transformers", "faiss-cpu", "faiss-gpu-cu12",
+             "pyserini", "pytrec-eval-terrier", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def pipeline_provenance(pipeline: Pipeline) -> dict[str, Any]:
+    """The pipeline's configuration and the recorded settings of every index it reads."""
+    indexes = {}
+    for stage in pipeline.stages:
+        path = getattr(stage, "index", None)
+        if isinstance(path, str) and path not in indexes:
+            try:
+                indexes[path] = IndexDir.open(path).meta
+            except Exception:  # a stage's own index format: record the path only
+                indexes[path] = None
+    return {"pipeline": pipeline.to_config(), "indexes": indexes}
+
+
+def write_results(out: Path, run: Mapping[str, list[tuple[str, float]]], per_query: Mapping[str, Mapping[str, float]],
+                  summary: Mapping[str, Any], tag: str = "ragline") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_run(out / "run.trec", run, tag=tag)
+    with atomic_file(out / "per_query.jsonl") as f:
+        for qid, values in per_query.items():
+            f.write(json.dumps({"qid": qid, **values}) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def print_metrics(console: Console, title: str, means: Mapping[str, float], reference: Mapping[str, float] | None = None) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if reference:
+        table.add_column("reference", justify="right")
+        table.add_column("delta", justify="right")
+    for metric, value in means.items():
+        row = [metric, f"{value:.4f}"]
+        if reference:
+            ref = reference.get(metric)
+            row += ["" if ref is None else f"{ref:.4f}", "" if ref is None else f"{value - ref:+.4f}"]
+        table.add_row(*row)
+    console.print(table)
