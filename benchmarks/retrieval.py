@@ -41,14 +41,25 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def side_by_side(engine_fn, raw_fn, repeats: int) -> tuple[float, float]:
-    """Median seconds of each, run alternately so drift hits both alike."""
+def side_by_side(engine_fn, raw_fn, repeats: int) -> tuple[float, float, float, float, float]:
+    """Run the two alternately, so drift and neighbours' load hit both alike.
+    Returns median engine seconds, median raw seconds, and the median, lowest
+    and highest of the per-pair throughput ratios (raw time / engine time)."""
     engine_fn(), raw_fn()  # warm caches, JIT, thread pools
     engine_times, raw_times = [], []
     for _ in range(repeats):
         engine_times.append(timed(engine_fn))
         raw_times.append(timed(raw_fn))
-    return statistics.median(engine_times), statistics.median(raw_times)
+    ratios = sorted(r / e for e, r in zip(engine_times, raw_times))
+    return statistics.median(engine_times), statistics.median(raw_times), statistics.median(ratios), ratios[0], ratios[-1]
+
+
+def record(figures: dict, name: str, timing: tuple, count: int, unit: str = "qps") -> None:
+    engine_s, raw_s, ratio, low, high = timing
+    figures[f"{name}_engine_{unit}"] = round(count / engine_s, 1)
+    figures[f"{name}_raw_{unit}"] = round(count / raw_s, 1)
+    figures[f"{name}_throughput_ratio"] = round(ratio, 3)
+    figures[f"{name}_ratio_range"] = [round(low, 3), round(high, 3)]
 
 
 def build_in_child(corpus: Path, out: Path, components: dict) -> tuple[float, float]:
@@ -125,14 +136,12 @@ def main() -> None:
     # which both sides pay; the timings are noisy, hence twice the repeats.
     for depth in (1000, 100):
         bm25.k = depth
-        engine_s, raw_s = side_by_side(
+        timing = side_by_side(
             lambda: bm25.run([Query(str(i), t) for i, t in enumerate(texts)]),
             lambda: raw_bm25(depth),
             args.repeats * 2,
         )
-        figures[f"bm25_k{depth}_engine_qps"] = round(len(texts) / engine_s, 1)
-        figures[f"bm25_k{depth}_pyserini_qps"] = round(len(texts) / raw_s, 1)
-        figures[f"bm25_k{depth}_throughput_ratio"] = round(raw_s / engine_s, 3)
+        record(figures, f"bm25_k{depth}", timing, len(texts))
 
     # --- dense: engine stage vs SentenceTransformer + FAISS ------------------------
     import faiss
@@ -149,16 +158,12 @@ def main() -> None:
         vectors = model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
         return raw_index.search(vectors, 100)
 
-    engine_s, raw_s = side_by_side(lambda: dense.run([Query(str(i), t) for i, t in enumerate(texts)]), raw_dense, args.repeats)
-    figures["dense_engine_qps"] = round(len(texts) / engine_s, 1)
-    figures["dense_raw_qps"] = round(len(texts) / raw_s, 1)
-    figures["dense_throughput_ratio"] = round(raw_s / engine_s, 3)
+    timing = side_by_side(lambda: dense.run([Query(str(i), t) for i, t in enumerate(texts)]), raw_dense, args.repeats * 2)
+    record(figures, "dense", timing, len(texts))
 
     vectors = dense.encode(texts)
-    engine_s, raw_s = side_by_side(lambda: dense.search_vectors(vectors, 100), lambda: raw_index.search(vectors, 100), args.repeats * 4)
-    figures["faiss_search_engine_ms"] = round(engine_s * 1000, 2)
-    figures["faiss_search_raw_ms"] = round(raw_s * 1000, 2)
-    figures["faiss_search_ratio"] = round(raw_s / engine_s, 3)
+    timing = side_by_side(lambda: dense.search_vectors(vectors, 100), lambda: raw_index.search(vectors, 100), args.repeats * 4)
+    record(figures, "faiss_search", timing, len(texts))
 
     # --- encoding: the index-build path vs one SentenceTransformer.encode call -----
     from ragline.engine.types import Passage
@@ -174,16 +179,14 @@ def main() -> None:
             builder.add(passages[start : start + 4096])
 
     doc_texts = [p.text for p in passages]
-    engine_s, raw_s = side_by_side(
+    timing = side_by_side(
         engine_encode,
         lambda: model.encode(doc_texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True),
-        max(1, args.repeats // 2),
+        max(3, args.repeats // 2),
     )
     builder.abort()
     shutil.rmtree(work / "encode-bench", ignore_errors=True)
-    figures["encode_engine_docs_per_s"] = round(len(passages) / engine_s, 1)
-    figures["encode_raw_docs_per_s"] = round(len(passages) / raw_s, 1)
-    figures["encode_throughput_ratio"] = round(raw_s / engine_s, 3)
+    record(figures, "encode", timing, len(passages), unit="docs_per_s")
 
     # --- effectiveness -------------------------------------------------------------
     for retriever in ("bm25", "dense", "hybrid"):

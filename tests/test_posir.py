@@ -58,3 +58,21 @@ def test_bad_posir_input(tmp_path, small_posir):
     pd.DataFrame({"_id": ["q"], "text": ["x"]}).to_parquet(broken / "queries.parquet")
     with pytest.raises(InputError, match="missing column"):
         query_rows(broken)
+
+
+def test_cross_lingual_mode_searches_the_english_corpus(small_posir, tmp_path):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(small_posir / "eng-Latn" / "hotpotqa-q1", root / "eng-Latn" / "hotpotqa-q1")
+    other = root / "xxx-Latn" / "hotpotqa-q1"
+    (other / "qrels").mkdir(parents=True)
+    # The "other language" has queries and qrels but no corpus of its own.
+    shutil.copy(small_posir / "eng-Latn" / "hotpotqa-q1" / "queries.parquet", other)
+    shutil.copy(small_posir / "eng-Latn" / "hotpotqa-q1" / "qrels" / "test.parquet", other / "qrels")
+    with pytest.raises(InputError, match="corpus.parquet: missing file"):
+        evaluate_posir(root, "all-MiniLM-L6-v2", ["xxx-Latn"])
+    result = evaluate_posir(root, "all-MiniLM-L6-v2", ["xxx-Latn"], cross_lingual=True)
+    english = evaluate_posir(root, "all-MiniLM-L6-v2", ["eng-Latn"])
+    assert result["report"]["xxx-Latn"]["overall"]["mean_ndcg10"] == pytest.approx(
+        english["report"]["eng-Latn"]["overall"]["mean_ndcg10"])

@@ -115,3 +115,19 @@ def test_settings_are_checked(questions, vaswani_bm25_index):
         evaluate_qa(questions, Pipeline([BM25(str(vaswani_bm25_index))]))
     with pytest.raises(ConfigError, match="unknown QA setting"):
         evaluate_qa(questions, None, "closed")
+
+
+def test_open_setting_retrieves_from_a_shared_index(questions, tmp_path):
+    import json
+
+    from ragline.engine.indexing import build_index
+
+    paragraphs = {p.title: p.text for q in questions for p in q.paragraphs}
+    corpus = tmp_path / "paragraphs.jsonl"
+    corpus.write_text("".join(json.dumps({"id": t.replace(" ", "_"), "title": t, "text": x}) + "\n" for t, x in paragraphs.items()))
+    build_index(corpus, tmp_path / "idx", {"bm25": {}})
+    rows, summary = evaluate_qa(questions, Pipeline([BM25(str(tmp_path / "idx"), k=5)], top_k=5), "open")
+    assert summary["questions"] == 20
+    # BM25 over 200 paragraphs finds some but not all gold paragraphs in its top 5.
+    assert 0.3 < summary["gold_paragraph_recall"] < 1.0
+    assert all(len(r["stage_seconds"]) == 1 for r in rows)

@@ -1,0 +1,49 @@
+import io
+import zipfile
+from pathlib import Path
+
+from ragline.engine import models
+
+
+class FakeDistribution:
+    def __init__(self, part: Path):
+        self.part = part
+        self.files = [Path(f"pkg/input/model.zip.{part.suffix[1:]}")]
+
+    def locate_file(self, _):
+        return self.part
+
+
+def test_split_zip_model_is_assembled_once_into_the_cache(tmp_path, monkeypatch):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("tiny-model/config.json", '{"model_type": "bert"}')
+        z.writestr("tiny-model/1_Pooling/config.json", "{}")
+    blob = buffer.getvalue()
+    parts = []
+    for i, start in enumerate(range(0, len(blob), 100), 1):
+        part = tmp_path / f"model.zip.{i:03d}"
+        part.write_bytes(blob[start : start + 100])
+        parts.append(part)
+    fake = {f"dist-{i}": FakeDistribution(p) for i, p in enumerate(parts)}
+    monkeypatch.setattr(models.metadata, "distribution", lambda name: fake[name])
+    monkeypatch.setenv("RAGLINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(models.SPLIT_ZIP_MODELS, "org/tiny-model", (list(fake), "tiny-model"))
+
+    path = models.packaged_model_path("org/tiny-model")
+    assert path == tmp_path / "cache" / "models" / "tiny-model"
+    assert (path / "config.json").read_text() == '{"model_type": "bert"}' and (path / "1_Pooling").is_dir()
+    assert not (path / "model.zip").exists()
+    parts[0].unlink()  # a second call must not need the parts again
+    assert models.packaged_model_path("org/tiny-model") == path
+    assert models.resolve_model_source("org/tiny-model") == str(path)
+
+
+def test_missing_split_package_means_no_packaged_copy(monkeypatch):
+    def missing(name):
+        raise models.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(models.metadata, "distribution", missing)
+    monkeypatch.setenv("RAGLINE_CACHE", "/nonexistent-cache")
+    assert models.packaged_model_path("all-mpnet-base-v2") is None
+    assert models.resolve_model_source("all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
