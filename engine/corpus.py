@@ -82,7 +82,8 @@ def _read_beir(path: Path) -> Iterator[Document]:
     return read_jsonl(corpus)
 
 
-def read_jsonl(path: Path) -> Iterator[Document]:
+def json_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file."""
     with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -93,16 +94,21 @@ def read_jsonl(path: Path) -> Iterator[Document]:
                 raise InputError(f"malformed JSON: {err.msg} (column {err.colno})", path, lineno) from None
             if not isinstance(record, dict):
                 raise InputError("expected a JSON object", path, lineno)
-            doc_id = record.get("_id", record.get("id"))
-            text = record.get("text", record.get("contents"))
-            title = record.get("title") or ""
-            if doc_id is None or doc_id == "":
-                raise InputError("record has no 'id' or '_id'", path, lineno)
-            if not isinstance(text, str):
-                raise InputError("record has no string 'text'", path, lineno)
-            if not isinstance(title, str):
-                raise InputError("'title' must be a string", path, lineno)
-            yield Document(str(doc_id), text, title, origin=f"{path}:{lineno}")
+            yield lineno, record
+
+
+def read_jsonl(path: Path) -> Iterator[Document]:
+    for lineno, record in json_objects(path):
+        doc_id = record.get("_id", record.get("id"))
+        text = record.get("text", record.get("contents"))
+        title = record.get("title") or ""
+        if doc_id is None or doc_id == "":
+            raise InputError("record has no 'id' or '_id'", path, lineno)
+        if not isinstance(text, str):
+            raise InputError("record has no string 'text'", path, lineno)
+        if not isinstance(title, str):
+            raise InputError("'title' must be a string", path, lineno)
+        yield Document(str(doc_id), text, title, origin=f"{path}:{lineno}")
 
 
 _DOCNO = re.compile(r"<DOCNO>\s*(.*?)\s*</DOCNO>", re.IGNORECASE | re.DOTALL)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragline.engine.corpus import open_text
+from ragline.engine.corpus import json_objects
 from ragline.engine.errors import InputError
 
 
@@ -57,25 +56,19 @@ def read_hotpotqa(path: str | Path, limit: int | None = None) -> list[HotpotQues
     if not path.is_file():
         raise InputError("HotpotQA file not found", path=path)
     questions = []
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                paragraphs = tuple(Paragraph(str(t), tuple(str(s) for s in sents)) for t, sents in record["context"])
-                supporting = tuple((str(t), int(i)) for t, i in record["supporting_facts"])
-                question = HotpotQuestion(str(record["_id"]), str(record["question"]), str(record.get("answer", "")),
-                                          str(record.get("type", "")), paragraphs, supporting)
-            except json.JSONDecodeError as err:
-                raise InputError(f"malformed JSON: {err.msg}", path, lineno) from None
-            except (KeyError, TypeError, ValueError) as err:
-                raise InputError(f"not a HotpotQA record ({err.__class__.__name__}: {err})", path, lineno) from None
-            if not question.question.strip():
-                raise InputError("empty question", path, lineno)
-            questions.append(question)
-            if limit and len(questions) >= limit:
-                break
+    for lineno, record in json_objects(path):
+        try:
+            paragraphs = tuple(Paragraph(str(t), tuple(str(s) for s in sents)) for t, sents in record["context"])
+            supporting = tuple((str(t), int(i)) for t, i in record["supporting_facts"])
+            question = HotpotQuestion(str(record["_id"]), str(record["question"]), str(record.get("answer", "")),
+                                      str(record.get("type", "")), paragraphs, supporting)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"not a HotpotQA record ({err.__class__.__name__}: {err})", path, lineno) from None
+        if not question.question.strip():
+            raise InputError("empty question", path, lineno)
+        questions.append(question)
+        if limit and len(questions) >= limit:
+            break
     if not questions:
         raise InputError("no questions found", path=path)
     return questions
