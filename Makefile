@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ragline index docs --out $(DEMO_INDEX) --bm25 --dense default
+	$(BIN)/ragline index docs --out $(DEMO_INDEX) --bm25 --dense default --window 120 --overlap 20
 	$(BIN)/ragline query $(DEMO_INDEX) "how does an index build stay atomic if it is interrupted?" --retriever hybrid --k 5
 
 test: $(STAMP)

@@ -169,14 +169,14 @@ def read_text_dir(path: Path) -> Iterator[Document]:
                 text = file.read_text(encoding="utf-8")
             except UnicodeDecodeError as err:
                 raise InputError(f"not UTF-8 text ({err.reason})", path=file) from None
-            title = _first_heading(text) or file.stem
-            yield Document(file.relative_to(path).as_posix(), text, title, origin=f"{file}:1")
+            title, body = _split_heading(text)
+            yield Document(file.relative_to(path).as_posix(), body, title or file.stem, origin=f"{file}:1")
 
 
-def _first_heading(text: str) -> str:
-    for line in text.splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-        if line.strip():
-            return ""
-    return ""
+def _split_heading(text: str) -> tuple[str, str]:
+    """A leading Markdown heading becomes the title (and leaves the body)."""
+    stripped = text.lstrip()
+    if stripped.startswith("#"):
+        heading, _, body = stripped.partition("\n")
+        return heading.lstrip("#").strip(), body.lstrip("\n")
+    return "", text
