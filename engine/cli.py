@@ -96,7 +96,6 @@ def search(
     tag: Annotated[str, typer.Option(help="Run tag (last column).")] = "ragline",
 ) -> None:
     """Run every topic through a retriever and write a TREC run file."""
-    from ragline.engine.index_dir import IndexDir
     from ragline.engine.retrieval import fold_to_documents, retrieval_pipeline
     from ragline.engine.runfile import write_run
     from ragline.engine.topics import read_topics
@@ -105,8 +104,7 @@ def search(
     pairs = read_topics(topics)
     pipeline = retrieval_pipeline(str(index_dir), retriever, k=k, top_k=0)
     results = pipeline.run([Query(id=qid, text=text) for qid, text in pairs])
-    index_info = IndexDir.open(index_dir)
-    write_run(output, {q.id: fold_to_documents(q.ranking, index_info) for q in results}, tag=tag)
+    write_run(output, {q.id: fold_to_documents(q.ranking) for q in results}, tag=tag)
     out.print(f"[green]wrote[/] {output}: {len(results)} queries, up to {k} results each")
 
 

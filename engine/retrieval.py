@@ -7,6 +7,8 @@ the retriever modules.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ragline.engine.errors import IndexNotFound, InputError
 from ragline.engine.index_dir import IndexDir
 from ragline.engine.pipeline import Pipeline
@@ -47,13 +49,14 @@ def _only_component(index: IndexDir) -> str:
     return known[0]
 
 
-def fold_to_documents(hits: list[Hit], index: IndexDir) -> list[tuple[str, float]]:
-    """Passage hits → document hits, each document scored by its best passage.
-    An index built without chunking has passage id = document id."""
-    if not index.meta.get("chunking"):
-        return [(h.id, h.score) for h in hits]
-    doc_of = index.docstore().doc_ids(h.id for h in hits)
-    seen: dict[str, float] = {}
+def fold_to_documents(hits: Sequence[Hit]) -> list[tuple[str, float]]:
+    """Passage hits → ``(doc id, score)``, each document once, at its best
+    passage. Unchunked indexes have passage id = document id."""
+    doc_of: dict[str, str] = {}
+    stores = {id(h.store): h.store for h in hits if h.store is not None}
+    for store in stores.values():
+        doc_of.update(store.doc_ids(h.id for h in hits if h.store is store))
+    best: dict[str, float] = {}
     for hit in hits:
-        seen.setdefault(doc_of.get(hit.id, hit.id), hit.score)
-    return list(seen.items())
+        best.setdefault(doc_of.get(hit.id, hit.id), hit.score)
+    return list(best.items())

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from ragline.engine.errors import InputError
 from ragline.engine.pipeline import Pipeline
-from ragline.engine.types import Hit, Query
+from ragline.engine.retrieval import fold_to_documents
+from ragline.engine.types import Query
 from ragline.eval.metrics import mean_scores, per_query
 
 _READABLE = re.compile(r"^(ndcg|recall|map|p|mrr|precision)@(\d+)$", re.IGNORECASE)
@@ -36,18 +37,6 @@ class RetrievalEvaluation:
     per_query: dict[str, dict[str, float]]
     means: dict[str, float]
     seconds: float
-
-
-def fold_to_documents(hits: Sequence[Hit]) -> list[tuple[str, float]]:
-    """Passage hits → ``(doc id, score)``, each document once, at its best passage."""
-    doc_of: dict[str, str] = {}
-    stores = {id(h.store): h.store for h in hits if h.store is not None}
-    for store in stores.values():
-        doc_of.update(store.doc_ids(h.id for h in hits if h.store is store))
-    best: dict[str, float] = {}
-    for hit in hits:
-        best.setdefault(doc_of.get(hit.id, hit.id), hit.score)
-    return list(best.items())
 
 
 def evaluate_pipeline(

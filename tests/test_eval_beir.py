@@ -51,14 +51,19 @@ def test_beir_runner_metrics_equal_pytrec_eval_on_its_run(vaswani_beir, vaswani_
     assert saved["queries"] == 93 and saved["reference"] == {}
 
 
+def tiny_beir(root, queries: str, qrels: str):
+    """A BEIR folder with an empty corpus (the tests search another index)."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("")
+    (root / "queries.jsonl").write_text(queries)
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
+    return root
+
+
 def test_reference_and_remove_query(tmp_path, vaswani_bm25_index):
     # A tiny arguana-like set: the query id is also a document id, and that
     # document must not count as a hit.
-    root = tmp_path / "arguana"
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("")
-    (root / "queries.jsonl").write_text('{"_id": "9859", "text": "dielectric constant of liquids"}\n')
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n9859\t5502\t1\n")
+    root = tiny_beir(tmp_path / "arguana", '{"_id": "9859", "text": "dielectric constant of liquids"}\n', "9859\t5502\t1\n")
     dataset = beir.open_dataset(str(root))
     assert dataset.name == "arguana"
     pipeline = retrieval_pipeline(str(vaswani_bm25_index), "bm25", k=50, top_k=0)
@@ -86,11 +91,7 @@ def test_bad_beir_folders(tmp_path, vaswani_beir):
 
 
 def test_qrels_naming_unknown_queries_are_rejected(tmp_path, vaswani_bm25_index):
-    root = tmp_path / "odd"
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("")
-    (root / "queries.jsonl").write_text('{"_id": "1", "text": "liquids"}\n')
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t5\t1\n999\t5\t1\n")
+    root = tiny_beir(tmp_path / "odd", '{"_id": "1", "text": "liquids"}\n', "1\t5\t1\n999\t5\t1\n")
     pipeline = retrieval_pipeline(str(vaswani_bm25_index), "bm25", k=10, top_k=0)
     with pytest.raises(InputError, match=r"test.tsv: qrels name 1 unknown query id"):
         evaluate_beir(beir.open_dataset(str(root)), pipeline)

@@ -83,3 +83,16 @@ def test_rebuilt_index_serves_new_texts_in_the_same_process(tmp_path):
         build_index(corpus, out, {"bm25": {}})
         (result,) = Pipeline([BM25(str(out))]).run(["shared term"])
         assert result.passages[0].text == f"shared term {version} edition"
+
+
+def test_run_from_a_chunked_index_scores_documents_by_their_best_passage(tmp_path):
+    from ragline.engine.retrieval import fold_to_documents, retrieval_pipeline
+
+    text = "alpha " * 15 + "target " * 10 + "beta " * 40  # "target" in chunks 0 and 1
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "long", "text": text}, {"id": "other", "text": "target once"}])
+    build_index(corpus, tmp_path / "idx", {"bm25": {}}, window=20, overlap=0)
+    (result,) = retrieval_pipeline(str(tmp_path / "idx"), "bm25", k=10).run(["target"])
+    assert len({h.id for h in result.ranking if h.id.startswith("long#")}) > 1
+    folded = fold_to_documents(result.ranking)
+    assert [doc for doc, _ in folded] == ["long", "other"]
+    assert folded[0][1] == max(h.score for h in result.ranking)
