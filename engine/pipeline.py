@@ -32,7 +32,7 @@ class Pipeline:
 
     def warm_up(self) -> None:
         for stage in self.stages:
-            stage.ensure_warm()
+            stage.warm_up()
 
     def run(self, queries: str | Iterable[str | Query]) -> list[Query]:
         if isinstance(queries, str):

@@ -36,9 +36,6 @@ class Stage(abc.ABC):
     def warm_up(self) -> None:
         """Load models and indexes. Runs once per instance, however often called."""
 
-    def ensure_warm(self) -> None:
-        self.warm_up()
-
     @abc.abstractmethod
     def run(self, batch: list[Query]) -> list[Query]:
         """Process every query of the batch and return the batch."""

@@ -33,11 +33,12 @@ from ragline.eval.hotpotqa import HotpotQuestion
 
 SETTINGS = ("distractor", "open")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+_PUNCTUATION = frozenset(string.punctuation)
 
 
 def normalize_answer(text: str) -> str:
     """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 

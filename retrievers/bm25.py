@@ -80,7 +80,7 @@ class BM25(Retriever):
 
     def search(self, texts: list[str], k: int | None = None) -> list[list[tuple[str, float]]]:
         """``(passage id, score)`` lists, one per text, best first."""
-        self.ensure_warm()
+        self.warm_up()
         keys = [str(i) for i in range(len(texts))]
         results = self._searcher.batch_search(texts, keys, k=k or self.k, threads=self.threads or _default_threads())
         return [[(hit.docid, hit.score) for hit in results.get(key, [])] for key in keys]

@@ -123,11 +123,11 @@ class Dense(Retriever):
             raise EncoderMismatch(f"encoder {meta['encoder']!r} now gives {self._model.get_embedding_dimension()} dimensions, the index has {meta['dim']}")
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        self.ensure_warm()
+        self.warm_up()
         return encode_texts(self._model, texts, self.batch_size)
 
     def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[tuple[str, float]]]:
-        self.ensure_warm()
+        self.warm_up()
         scores, rows = self._faiss_index.search(vectors, k or self.k)
         ids = self._ids
         # FAISS pads with row -1 when fewer than k vectors qualify.
