@@ -6,6 +6,7 @@ stores vectors in that same order, so a FAISS result row is a store row.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -105,6 +106,12 @@ class DocStore:
         """Passage id → document id, for folding passage hits to documents."""
         return {pid: p.doc_id for pid, p in self.get(ids).items()}
 
+    @functools.cached_property
+    def has_chunks(self) -> bool:
+        """Whether any passage is a chunk (its id differs from its document's)."""
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM passages WHERE id != doc_id LIMIT 1").fetchone() is not None
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -135,6 +142,7 @@ class MemoryStore:
 
     def __init__(self, passages: Iterable[Passage]):
         self._by_id = {p.id: p for p in passages}
+        self.has_chunks = any(p.id != p.doc_id for p in self._by_id.values())
 
     def get(self, ids: Iterable[str]) -> dict[str, Passage]:
         return {pid: self._by_id[pid] for pid in ids if pid in self._by_id}

@@ -53,7 +53,8 @@ def fold_to_documents(hits: Sequence[Hit]) -> list[tuple[str, float]]:
     """Passage hits → ``(doc id, score)``, each document once, at its best
     passage. Unchunked indexes have passage id = document id."""
     doc_of: dict[str, str] = {}
-    stores = {id(h.store): h.store for h in hits if h.store is not None}
+    # Only stores holding chunks need a look-up; elsewhere passage id = document id.
+    stores = {id(h.store): h.store for h in hits if h.store is not None and h.store.has_chunks}
     for store in stores.values():
         doc_of.update(store.doc_ids(h.id for h in hits if h.store is store))
     best: dict[str, float] = {}
