@@ -95,13 +95,11 @@ def eval_posir(
     results: Annotated[Optional[Path], typer.Option("--out", help="Folder for per_query.jsonl, summary.json, position.png.")] = None,
 ) -> None:
     """Retrieval quality against the position of the evidence in the document."""
-    import json
-
     from rich.table import Table
 
-    from ragline.engine.atomic import atomic_file, atomic_write_text
     from ragline.eval.posir import evaluate_posir
     from ragline.eval.posir_plot import plot_position_bias
+    from ragline.eval.report import write_json, write_jsonl
 
     languages = [x.strip() for x in langs.split(",")] if langs else None
     runs = {name: evaluate_posir(root, name, languages, cross_lingual, max_seq_length=max_seq_length) for name in encoder}
@@ -115,14 +113,11 @@ def eval_posir(
                               f"{stats['binned_ndcg10']:.4f}", f"{stats['psi']:.3f}", f"{stats['slope']:+.3f}")
     out.print(table)
     if results:
-        results.mkdir(parents=True, exist_ok=True)
-        with atomic_file(results / "per_query.jsonl") as f:
-            for name, result in runs.items():
-                for lang, rows in result["rows"].items():
-                    for row in rows:
-                        f.write(json.dumps({"encoder": name, "language": lang, **row}) + "\n")
-        summary = {name: {k: v for k, v in result.items() if k != "rows"} for name, result in runs.items()}
-        atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_jsonl(results / "per_query.jsonl", (
+            {"encoder": name, "language": lang, **row}
+            for name, result in runs.items() for lang, rows in result["rows"].items() for row in rows
+        ))
+        write_json(results / "summary.json", {name: {k: v for k, v in result.items() if k != "rows"} for name, result in runs.items()})
         panels = {f"{name} · {lang}": report for name, result in runs.items() for lang, report in result["report"].items()}
         plot_position_bias(panels, results / "position.png")
         out.print(f"[green]wrote[/] {results}/per_query.jsonl, summary.json, position.png")
@@ -152,15 +147,12 @@ def eval_qa(
     results: Annotated[Optional[Path], typer.Option("--out", help="Folder for per_question.jsonl and summary.json.")] = None,
 ) -> None:
     """Score a RAG pipeline on QA data: answers, evidence kept, context size, latency."""
-    import json
-
     from rich.table import Table
 
-    from ragline.engine.atomic import atomic_file, atomic_write_text
     from ragline.engine.pipeline import Pipeline
     from ragline.eval.hotpotqa import read_hotpotqa
     from ragline.eval.qa import evaluate_qa
-    from ragline.eval.report import package_versions, pipeline_provenance
+    from ragline.eval.report import package_versions, pipeline_provenance, write_json, write_jsonl
 
     questions = read_hotpotqa(data, limit)
     pipe = Pipeline.load(pipeline) if pipeline else None
@@ -176,13 +168,10 @@ def eval_qa(
         table.add_row(f"{stage} s/question", f"{seconds:.4f}")
     out.print(table)
     if results:
-        results.mkdir(parents=True, exist_ok=True)
-        with atomic_file(results / "per_question.jsonl") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        summary = {**summary, "data": str(data.resolve()), "setting": setting,
-                   "config": pipeline_provenance(pipe) if pipe else None, "versions": package_versions()}
-        atomic_write_text(results / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_jsonl(results / "per_question.jsonl", rows)
+        write_json(results / "summary.json", {**summary, "data": str(data.resolve()), "setting": setting,
+                                              "config": pipeline_provenance(pipe) if pipe else None,
+                                              "versions": package_versions()})
         out.print(f"[green]wrote[/] {results}/per_question.jsonl, summary.json")
 
 
@@ -192,18 +181,10 @@ def convert_hotpotqa_corpus(
     corpus: Annotated[Path, typer.Option("--out", help="JSONL corpus to write (one paragraph per title; id = title with _ for spaces).")],
 ) -> None:
     """Every distinct paragraph of a HotpotQA file as a corpus, for the open QA setting."""
-    import json
-
-    from ragline.engine.atomic import atomic_file
     from ragline.eval.hotpotqa import read_hotpotqa
+    from ragline.eval.report import write_jsonl
 
-    seen: set[str] = set()
-    with atomic_file(corpus) as f:
-        for question in read_hotpotqa(data):
-            for paragraph in question.paragraphs:
-                if paragraph.title not in seen:
-                    seen.add(paragraph.title)
-                    # Ids without spaces, as in Wikipedia URLs, so TREC run files stay well formed.
-                    doc_id = paragraph.title.replace(" ", "_")
-                    f.write(json.dumps({"id": doc_id, "title": paragraph.title, "text": paragraph.text}, ensure_ascii=False) + "\n")
-    out.print(f"[green]wrote[/] {corpus}: {len(seen):,} paragraphs")
+    paragraphs = {p.title: p for q in read_hotpotqa(data) for p in q.paragraphs}
+    # Ids without spaces, as in Wikipedia URLs, so TREC run files stay well formed.
+    write_jsonl(corpus, ({"id": title.replace(" ", "_"), "title": title, "text": p.text} for title, p in paragraphs.items()))
+    out.print(f"[green]wrote[/] {corpus}: {len(paragraphs):,} paragraphs")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -46,14 +46,24 @@ def pipeline_provenance(pipeline: Pipeline) -> dict[str, Any]:
     return {"pipeline": pipeline.to_config(), "indexes": indexes}
 
 
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
 def write_results(out: Path, run: Mapping[str, list[tuple[str, float]]], per_query: Mapping[str, Mapping[str, float]],
                   summary: Mapping[str, Any], tag: str = "ragline") -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_run(out / "run.trec", run, tag=tag)
-    with atomic_file(out / "per_query.jsonl") as f:
-        for qid, values in per_query.items():
-            f.write(json.dumps({"qid": qid, **values}) + "\n")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_jsonl(out / "per_query.jsonl", ({"qid": qid, **values} for qid, values in per_query.items()))
+    write_json(out / "summary.json", summary)
 
 
 def print_metrics(console: Console, title: str, means: Mapping[str, float], reference: Mapping[str, float] | None = None) -> None:
