@@ -26,7 +26,9 @@ from ragline.engine.registry import STAGES, lookup
 _PIPELINE_KEYS = {"stages", "top_k", "batch_size"}
 
 
-def load_pipeline(path: str | Path):
+def load_pipeline(path: str | Path, defaults: dict[str, Any] | None = None):
+    """``defaults`` fill parameters a stage accepts but the file leaves out
+    (``ragline ask DIR`` hands every index-reading stage ``index: DIR``)."""
     from ragline.engine.pipeline import Pipeline
 
     path = Path(path)
@@ -50,7 +52,7 @@ def load_pipeline(path: str | Path):
     stages_node = top.get("stages")
     if not isinstance(stages_node, yaml.SequenceNode) or not stages_node.value:
         raise ConfigError("'stages' must be a non-empty list", path=path, line=_line(stages_node or root))
-    stages = [_build_stage(item, path) for item in stages_node.value]
+    stages = [_build_stage(item, path, defaults or {}) for item in stages_node.value]
     options = {k: _plain(v) for k, v in top.items() if k != "stages"}
     try:
         return Pipeline(stages, **options)
@@ -60,7 +62,7 @@ def load_pipeline(path: str | Path):
         raise ConfigError(str(err), path=path) from None
 
 
-def _build_stage(item: yaml.Node, path: Path):
+def _build_stage(item: yaml.Node, path: Path, defaults: dict[str, Any]):
     line = _line(item)
     if not isinstance(item, yaml.MappingNode) or len(item.value) != 1:
         raise ConfigError("each stage is a one-key mapping, e.g. '- bm25: {index: idx}'", path=path, line=line)
@@ -76,8 +78,12 @@ def _build_stage(item: yaml.Node, path: Path):
     except ConfigError as err:
         raise ConfigError(str(err), path=path, line=line) from None
     _check_params(cls, name, params, path, line)
+    accepted = inspect.signature(cls.__init__).parameters
+    params = {**{k: v for k, v in defaults.items() if k in accepted}, **params}
     try:
         return cls(**params)
+    except ConfigError as err:
+        raise ConfigError(f"stage {name!r}: {err}", path=path, line=line) from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"stage {name!r}: {err}", path=path, line=line) from None
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ragline.engine.errors import InputError
-from ragline.engine.types import Hit, Passage
+from ragline.engine.types import Hit, Passage, Query
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS passages (
@@ -133,6 +133,16 @@ def fetch_passages(hits: Sequence[Hit]) -> list[Passage]:
         for h in hits
         if h.store is not None and (id(h.store), h.id) in found
     ]
+
+
+def ranked_passages(query: Query, n: int) -> list[Passage]:
+    """Texts of the top ``n`` of the query's ranking, reusing ``query.passages``
+    when an earlier stage already fetched exactly those, in that order."""
+    hits = query.ranking[:n]
+    held = query.passages[: len(hits)]
+    if [p.id for p in held] == [h.id for h in hits]:
+        return held
+    return fetch_passages(hits)
 
 
 class MemoryStore:

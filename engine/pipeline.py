@@ -51,7 +51,7 @@ class Pipeline:
             batch = stage.run(batch)
             seconds = time.perf_counter() - t0
             for q, n_in in zip(batch, before):
-                q.trace.append(StageTrace(stage.name, seconds, len(batch), n_in, len(q.ranking)))
+                q.trace.append(StageTrace(stage.name, seconds, len(batch), n_in, len(q.ranking), q.take_notes()))
         for q in batch:
             if not q.passages and self.top_k:
                 q.passages = fetch_passages(q.ranking[: self.top_k])

@@ -81,6 +81,16 @@ class Query:
     context: str | None = None
     answer: Answer | None = None
     trace: list[StageTrace] = field(default_factory=list)
+    # What the running stage reports about this query (TTFT, tokens, cache
+    # hits); the pipeline moves it into that stage's trace entry.
+    _notes: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def note(self, **values: Any) -> None:
+        self._notes.update(values)
+
+    def take_notes(self) -> dict[str, Any]:
+        notes, self._notes = self._notes, {}
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view of the query's results."""

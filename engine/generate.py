@@ -1,0 +1,100 @@
+"""The ``generate`` stage: prompt the language model with the question and its
+top passages (or a compressor's context) and attach the answer.
+
+Backends: ``hf`` (transformers, the CPU default), ``vllm`` (GPU), ``http``
+(any OpenAI-compatible server). Each query's trace entry records the backend,
+prompt and completion tokens and the time to first token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ragline.engine.causal_lm import DEFAULT_GENERATOR
+from ragline.engine.docstore import ranked_passages
+from ragline.engine.errors import ConfigError
+from ragline.engine.generation import BACKENDS, Generation, GeneratorBackend, Sampling, make_backend
+from ragline.engine.prompts import PromptBuilder, cited_passages
+from ragline.engine.stage import Stage
+from ragline.engine.types import Answer, Query
+
+
+class Generate(Stage):
+    name = "generate"
+
+    def __init__(
+        self,
+        backend: str = "hf",
+        model: str = DEFAULT_GENERATOR,
+        passages: int = 5,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: list[str] | None = None,
+        cite: bool = True,
+        system_prompt: str | None = None,
+        max_passage_chars: int = 0,
+        options: dict[str, Any] | None = None,
+    ):
+        """``options`` go to the backend: ``device``, ``dtype``, ``batch_size`` (hf);
+        ``gpu_memory_utilization``, ``max_model_len`` (vllm); ``url``, ``timeout``,
+        ``retries``, ``concurrency``, ``api_key_env`` (http)."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown generation backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if passages < 0:
+            raise ConfigError("passages must be >= 0")
+        self.backend_name = backend
+        self.model = model
+        self.passages = passages
+        self.sampling = Sampling(max_new_tokens, temperature, top_p, seed, tuple(stop or ()))
+        self.prompts = PromptBuilder(system_prompt, cite, max_passage_chars)
+        self.options = dict(options or {})
+        self.backend: GeneratorBackend | None = None
+
+    def warm_up(self) -> None:
+        self.backend = make_backend(self.backend_name, self.model, **self.options)
+        self.backend.warm_up()
+
+    def conversation(self, query: Query) -> list[dict]:
+        """The chat messages for ``query``; fills ``query.passages`` with what the prompt shows."""
+        query.passages = ranked_passages(query, self.passages) if self.passages else []
+        return self.prompts.messages(query.text, query.passages, query.context)
+
+    def run(self, batch: list[Query]) -> list[Query]:
+        self.warm_up()
+        conversations = [self.conversation(q) for q in batch]
+        for query, generation in zip(batch, self.backend.generate(conversations, self.sampling)):
+            self._attach(query, generation)
+        return batch
+
+    def stream(self, query: Query, on_text: Callable[[str], None]) -> Query:
+        """Generate for one query, calling ``on_text`` with each new piece of text."""
+        self.warm_up()
+        generation = self.backend.generate_one(self.conversation(query), self.sampling, on_text)
+        self._attach(query, generation)
+        return query
+
+    def _attach(self, query: Query, generation: Generation) -> None:
+        query.answer = Answer(generation.text, cited_passages(generation.text, query.passages))
+        query.note(backend=self.backend_name, model=self.backend.model, ttft=generation.ttft,
+                   prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens)
+
+    def to_config(self) -> dict[str, Any]:
+        config = {
+            "backend": self.backend_name,
+            "model": self.model,
+            "passages": self.passages,
+            "max_new_tokens": self.sampling.max_new_tokens,
+            "temperature": self.sampling.temperature,
+            "top_p": self.sampling.top_p,
+            "seed": self.sampling.seed,
+            "stop": list(self.sampling.stop),
+            "cite": self.prompts.cite,
+            "system_prompt": self.prompts.system_prompt,
+            "max_passage_chars": self.prompts.max_passage_chars,
+        }
+        if self.options:
+            config["options"] = dict(self.options)
+        return config

