@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +74,30 @@ def read_hotpotqa(path: str | Path, limit: int | None = None) -> list[HotpotQues
     if not questions:
         raise InputError("no questions found", path=path)
     return questions
+
+
+def split_by_question(questions: Sequence[HotpotQuestion], test_fraction: float = 0.3,
+                      seed: int = 0) -> tuple[list[HotpotQuestion], list[HotpotQuestion]]:
+    """(train, test): each question falls on one side by a hash of its id, so
+    the split is the same on every machine and never depends on file order."""
+    if not 0 < test_fraction < 1:
+        raise ValueError("test_fraction must be in (0, 1)")
+    train, test = [], []
+    for question in questions:
+        digest = hashlib.sha1(f"{seed}:{question.id}".encode()).digest()
+        side = test if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else train
+        side.append(question)
+    return train, test
+
+
+def paragraph_id(title: str) -> str:
+    """A paragraph's id in the open corpus: its title without spaces, as in
+    Wikipedia URLs, so TREC run files stay well formed."""
+    return title.replace(" ", "_")
+
+
+def paragraph_corpus(questions: Sequence[HotpotQuestion]) -> list[dict]:
+    """Every distinct paragraph (by title) as a corpus record: the open setting,
+    where each question must find its gold paragraphs among all of them."""
+    paragraphs = {p.title: p for q in questions for p in q.paragraphs}
+    return [{"id": paragraph_id(title), "title": title, "text": p.text} for title, p in paragraphs.items()]

@@ -141,7 +141,7 @@ def build_posir_command(
 def eval_qa(
     data: Annotated[Path, typer.Argument(help="HotpotQA-format JSONL.")],
     pipeline: Annotated[Optional[Path], typer.Option(help="Pipeline YAML; without one the raw candidates are scored.")] = None,
-    setting: Annotated[str, typer.Option(help="distractor (own 10 paragraphs) or open (shared index).")] = "distractor",
+    setting: Annotated[str, typer.Option(help="distractor (own 10 paragraphs), gold (only the gold ones) or open (shared index).")] = "distractor",
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N questions.")] = None,
     complete_only: Annotated[bool, typer.Option(help="Only questions whose supporting facts are all in their context.")] = False,
     results: Annotated[Optional[Path], typer.Option("--out", help="Folder for per_question.jsonl and summary.json.")] = None,
@@ -150,7 +150,7 @@ def eval_qa(
     from rich.table import Table
 
     from ragline.engine.pipeline import Pipeline
-    from ragline.eval.hotpotqa import read_hotpotqa
+    from ragline.engine.hotpotqa import read_hotpotqa
     from ragline.eval.qa import evaluate_qa
     from ragline.eval.report import package_versions, pipeline_provenance, write_json, write_jsonl
 
@@ -181,10 +181,9 @@ def convert_hotpotqa_corpus(
     corpus: Annotated[Path, typer.Option("--out", help="JSONL corpus to write (one paragraph per title; id = title with _ for spaces).")],
 ) -> None:
     """Every distinct paragraph of a HotpotQA file as a corpus, for the open QA setting."""
-    from ragline.eval.hotpotqa import read_hotpotqa
+    from ragline.engine.hotpotqa import paragraph_corpus, read_hotpotqa
     from ragline.eval.report import write_jsonl
 
-    paragraphs = {p.title: p for q in read_hotpotqa(data) for p in q.paragraphs}
-    # Ids without spaces, as in Wikipedia URLs, so TREC run files stay well formed.
-    write_jsonl(corpus, ({"id": title.replace(" ", "_"), "title": title, "text": p.text} for title, p in paragraphs.items()))
-    out.print(f"[green]wrote[/] {corpus}: {len(paragraphs):,} paragraphs")
+    records = paragraph_corpus(read_hotpotqa(data))
+    write_jsonl(corpus, records)
+    out.print(f"[green]wrote[/] {corpus}: {len(records):,} paragraphs")

@@ -5,8 +5,12 @@ Settings:
   distractors) are its candidates, in their given order; the pipeline must
   then hold only stages that work on candidates (rerank, compress, reorder,
   generate), and may be omitted to measure the raw context.
+- ``gold``: as ``distractor``, with only the gold (supporting) paragraphs:
+  the ceiling that perfect retrieval would give the generator.
 - ``open``: the pipeline retrieves from a shared index over all paragraphs
   (``ragline convert hotpotqa-corpus`` writes that corpus).
+
+Answers are scored without their citation marks (``[1]``).
 
 Supporting-sentence recall counts the labelled sentences present in the
 question's context; questions with none have no value. Per question: answer EM and F1 (SQuAD normalisation) when the pipeline
@@ -28,10 +32,11 @@ from typing import Any
 from ragline.engine.docstore import MemoryStore, fetch_passages
 from ragline.engine.errors import ConfigError
 from ragline.engine.pipeline import Pipeline
+from ragline.engine.prompts import strip_citations
 from ragline.engine.types import Hit, Passage, Query
-from ragline.eval.hotpotqa import HotpotQuestion
+from ragline.engine.hotpotqa import HotpotQuestion
 
-SETTINGS = ("distractor", "open")
+SETTINGS = ("distractor", "gold", "open")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _PUNCTUATION = frozenset(string.punctuation)
 
@@ -69,10 +74,12 @@ def _squash(text: str) -> str:
     return " ".join(text.split())
 
 
-def candidate_pool(question: HotpotQuestion) -> Query:
-    """The question with its own paragraphs as the ranking, in their given order."""
+def candidate_pool(question: HotpotQuestion, gold_only: bool = False) -> Query:
+    """The question with its own paragraphs (or only the gold ones) as the
+    ranking, in their given order."""
+    gold = set(question.gold_titles)
     passages = [Passage(f"{question.id}/{i}", p.title, p.text, p.title, 0, len(p.text))
-                for i, p in enumerate(question.paragraphs)]
+                for i, p in enumerate(question.paragraphs) if not gold_only or p.title in gold]
     store = MemoryStore(passages)
     hits = [Hit(p.id, 0.0, rank, "pool", store) for rank, p in enumerate(passages, 1)]
     return Query(question.id, question.question, hits={"pool": hits}, ranking=hits)
@@ -87,10 +94,10 @@ def evaluate_qa(questions: Sequence[HotpotQuestion], pipeline: Pipeline | None, 
         raise ConfigError(f"unknown QA setting {setting!r}; use {' or '.join(SETTINGS)}")
     if setting == "open" and pipeline is None:
         raise ConfigError("the open setting needs a pipeline with a retriever")
-    if setting == "distractor" and pipeline is not None and any(s.is_retriever for s in pipeline.stages):
-        raise ConfigError("in the distractor setting the candidates are given: the pipeline must not retrieve")
-    if setting == "distractor":
-        queries = [candidate_pool(q) for q in questions]
+    if setting != "open" and pipeline is not None and any(s.is_retriever for s in pipeline.stages):
+        raise ConfigError(f"in the {setting} setting the candidates are given: the pipeline must not retrieve")
+    if setting != "open":
+        queries = [candidate_pool(q, gold_only=setting == "gold") for q in questions]
     else:
         queries = [Query(q.id, q.question) for q in questions]
     if pipeline is not None:
@@ -122,8 +129,9 @@ def _score(question: HotpotQuestion, query: Query) -> dict[str, Any]:
     if ttft:
         row["ttft"] = ttft[0]
     if row["prediction"] is not None:
-        row["em"] = exact_match(row["prediction"], question.answer)
-        row["f1"] = f1_score(row["prediction"], question.answer)
+        answer = strip_citations(row["prediction"])
+        row["em"] = exact_match(answer, question.answer)
+        row["f1"] = f1_score(answer, question.answer)
     return row
 
 

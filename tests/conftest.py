@@ -54,3 +54,19 @@ def vaswani_queries(vaswani) -> list[tuple[str, str]]:
     from ragline.engine.topics import read_topics
 
     return read_topics(vaswani / "query-text.trec")
+
+
+@pytest.fixture(scope="session")
+def hotpotqa_path() -> Path:
+    path = SHARED_DATA / "hotpotqa-distractor.jsonl"
+    if not path.exists():
+        pytest.skip(f"HotpotQA sample not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hotpotqa_questions(hotpotqa_path):
+    """The 496-question HotpotQA distractor sample."""
+    from ragline.engine.hotpotqa import read_hotpotqa
+
+    return read_hotpotqa(hotpotqa_path)

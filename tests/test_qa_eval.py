@@ -5,16 +5,12 @@ from ragline.engine.pipeline import Pipeline
 from ragline.engine.registry import register_stage
 from ragline.engine.stage import Stage
 from ragline.engine.types import Answer
-from ragline.eval.hotpotqa import read_hotpotqa
 from ragline.eval.qa import count_tokens, evaluate_qa, exact_match, f1_score, normalize_answer
 from ragline.retrievers.bm25 import BM25
 
 @pytest.fixture(scope="module")
-def all_questions(vaswani):
-    path = vaswani.parent / "hotpotqa-distractor.jsonl"
-    if not path.exists():
-        pytest.skip("HotpotQA sample not found")
-    return read_hotpotqa(path)
+def all_questions(hotpotqa_questions):
+    return hotpotqa_questions
 
 
 @pytest.fixture(scope="module")
