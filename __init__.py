@@ -14,6 +14,8 @@ _LAZY_EXPORTS = {
     "BM25": "ragline.retrievers.bm25",
     "Dense": "ragline.retrievers.dense",
     "Fuse": "ragline.retrievers.fusion",
+    "CrossEncoderRerank": "ragline.rerankers.cross_encoder",
+    "Generate": "ragline.engine.generate",
     "build_index": "ragline.engine.indexing",
 }
 

@@ -1,0 +1,70 @@
+"""``ragline train cross-encoder``: make a reranker from a packaged encoder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def train_cross_encoder_command(
+    data: Annotated[Path, typer.Option("--data", help="HotpotQA JSONL, or a qrels file (with --topics and --index).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the model to (sentence-transformers format).")],
+    base: Annotated[str, typer.Option("--base", help="Encoder to start from: hub id, folder, or a packaged model.")] = "all-MiniLM-L6-v2",
+    topics: Annotated[Optional[Path], typer.Option("--topics", help="Queries for qrels training (TREC, BEIR jsonl, tsv).")] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", help="Index over the qrels' corpus, with BM25: hard negatives.")] = None,
+    negatives: Annotated[int, typer.Option(help="qrels: BM25 hard negatives per query.")] = 8,
+    holdout: Annotated[float, typer.Option(help="HotpotQA: fraction of questions left out of training (split by question id; 0 = none).")] = 0.0,
+    limit: Annotated[Optional[int], typer.Option(help="Train on at most this many queries (a seeded random choice).")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the pairs.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (linear warm-up and decay).")] = 3e-5,
+    max_length: Annotated[int, typer.Option(help="Tokens per (query, passage) pair.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and the new head.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when present).")] = None,
+) -> None:
+    """Fine-tune a cross-encoder on labelled pairs: HotpotQA gold vs distractor
+    paragraphs, or qrels with BM25 hard negatives."""
+    import random
+
+    from ragline.engine.cli import out as console
+    from ragline.engine.errors import InputError
+    from ragline.rerankers.cross_encoder_training import TrainingSettings, query_groups, train_cross_encoder
+
+    if (topics is None) != (index is None):
+        raise InputError("qrels training needs both --topics and --index")
+    pairs = _qrels_pairs(data, topics, index, negatives) if topics else _hotpotqa_pairs(data, holdout, seed)
+    if limit:
+        groups = query_groups(pairs)
+        random.Random(seed).shuffle(groups)
+        pairs = [pair for group in groups[:limit] for pair in group]
+    settings = TrainingSettings(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length, seed=seed)
+    summary = train_cross_encoder(pairs, base, out, settings, device=device, progress=sys.stderr.isatty())
+    console.print(f"[green]trained[/] {out}: {summary['queries']:,} queries, {summary['pairs']:,} pairs "
+                  f"({summary['positives']:,} relevant), "
+                  f"{summary['steps']} steps, loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f}")
+
+
+def _hotpotqa_pairs(data: Path, holdout: float, seed: int):
+    from ragline.engine.hotpotqa import read_hotpotqa, split_by_question
+    from ragline.rerankers.cross_encoder_training import pairs_from_hotpotqa
+
+    questions = read_hotpotqa(data)
+    if holdout:
+        questions, _ = split_by_question(questions, holdout, seed)
+    return pairs_from_hotpotqa(questions)
+
+
+def _qrels_pairs(data: Path, topics: Path, index: Path, negatives: int):
+    from ragline.engine.topics import read_qrels, read_topics
+    from ragline.rerankers.cross_encoder_training import pairs_from_qrels
+
+    return pairs_from_qrels(read_qrels(data), read_topics(topics), index, negatives=negatives)
+
+
+def register(app: typer.Typer) -> None:
+    from ragline.engine.cli import train_app
+
+    train_app.command("cross-encoder")(train_cross_encoder_command)

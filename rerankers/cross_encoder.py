@@ -1,0 +1,102 @@
+"""Cross-encoder reranking: rescore the top candidates of each query's ranking
+by reading query and passage together.
+
+All (query, passage) pairs of a batch go to the model in one ``predict`` call,
+so a GPU sees full batches however few candidates one query has. The new
+ranking keeps the ``top_k`` best; each query's trace records the rank every
+kept passage had before (``ranks_before``).
+
+Any sentence-transformers ``CrossEncoder`` works: a hub id, a local folder,
+or one made by ``ragline train cross-encoder``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ragline.engine.docstore import ranked_passages
+from ragline.engine.errors import ConfigError, MissingDependency, RaglineError
+from ragline.engine.models import default_device, resolve_model_source
+from ragline.engine.stage import Stage
+from ragline.engine.types import Hit, Query
+
+
+def load_cross_encoder(name: str, device: str | None = None, max_length: int = 512):
+    """A ``CrossEncoder`` with one output score. A plain sentence encoder (e.g.
+    the packaged all-MiniLM-L6-v2) loads too, with an untrained scoring head:
+    the starting point for training."""
+    try:
+        from sentence_transformers import CrossEncoder
+    except ImportError as err:  # pragma: no cover - a base dependency
+        raise MissingDependency("cross-encoder reranking needs sentence-transformers") from err
+    from transformers.utils import logging as hf_logging
+
+    source = resolve_model_source(name)
+    # Loading an encoder without a head prints a load report; the caller knows.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+    try:
+        return CrossEncoder(source, num_labels=1, max_length=max_length, device=device or default_device())
+    except OSError as err:
+        raise RaglineError(
+            f"cannot load cross-encoder {name!r}: not a local folder, no packaged copy is installed, "
+            f"and the hub did not provide it ({err.__class__.__name__}: {err})"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def score_pairs(model, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[float]:
+    """Raw relevance logits, one per (query, passage) pair."""
+    if not pairs:
+        return []
+    import torch
+
+    scores = model.predict(pairs, batch_size=batch_size, activation_fn=torch.nn.Identity(),
+                           show_progress_bar=False, convert_to_numpy=True)
+    return [float(s) for s in scores]
+
+
+class CrossEncoderRerank(Stage):
+    """Rerank the first ``depth`` candidates of each query; keep ``top_k``."""
+
+    name = "cross_encoder"
+
+    def __init__(self, model: str, top_k: int = 10, depth: int = 100, batch_size: int = 64,
+                 max_length: int = 512, device: str | None = None):
+        if top_k < 1 or depth < 1 or batch_size < 1 or max_length < 8:
+            raise ConfigError("cross_encoder: top_k, depth and batch_size must be >= 1, max_length >= 8")
+        self.model = model
+        self.top_k = top_k
+        self.depth = depth
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+        self.encoder = None
+
+    def warm_up(self) -> None:
+        self.encoder = load_cross_encoder(self.model, self.device, self.max_length)
+
+    def run(self, batch: list[Query]) -> list[Query]:
+        self.warm_up()
+        candidates = [ranked_passages(query, self.depth) for query in batch]
+        pairs = [(query.text, passage.indexed_text()) for query, passages in zip(batch, candidates)
+                 for passage in passages]
+        scores = iter(score_pairs(self.encoder, pairs, self.batch_size))
+        for query, passages in zip(batch, candidates):
+            by_id = {hit.id: hit for hit in query.ranking}
+            scored = sorted(((next(scores), p) for p in passages), key=lambda item: -item[0])[: self.top_k]
+            query.note(ranks_before=[by_id[p.id].rank for _, p in scored])
+            query.ranking = [Hit(p.id, score, rank, self.name, by_id[p.id].store)
+                             for rank, (score, p) in enumerate(scored, 1)]
+            query.passages = [p for _, p in scored]
+        return batch
+
+    def to_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"model": self.model, "top_k": self.top_k, "depth": self.depth,
+                                  "batch_size": self.batch_size, "max_length": self.max_length}
+        if self.device:
+            config["device"] = self.device
+        return config
