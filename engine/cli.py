@@ -1,4 +1,6 @@
-"""The ``ragline`` command line: index, query, search, run."""
+"""The ``ragline`` command line: index, query, search, run, ask; plugins add
+verb groups (``eval``) and ``train`` commands through the ``ragline.cli``
+entry-point group."""
 
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# Commands that make models (``ragline train cross-encoder``) are added here by plugins.
+train_app = typer.Typer(help="Train the models a pipeline uses.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 out = Console()
 err = Console(stderr=True)
 
@@ -140,8 +145,57 @@ def run(
         out.print(_timing_line(result))
 
 
+@app.command()
+def ask(
+    index_dir: Annotated[Path, typer.Argument(help="Index folder.")],
+    question: Annotated[str, typer.Argument(help="The question.")],
+    pipeline_file: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline YAML; stages that read an index and name none read INDEX_DIR. A 'generate' stage is added if it has none.")] = None,
+    retriever: Annotated[str, typer.Option(help="Without --pipeline: auto, bm25, dense or hybrid.")] = "auto",
+    reranker: Annotated[Optional[str], typer.Option("--reranker", help="Without --pipeline: rerank with this cross-encoder (hub id or folder).")] = None,
+    depth: Annotated[int, typer.Option(help="Without --pipeline: candidates retrieved (and reranked).")] = 50,
+    passages: Annotated[int, typer.Option("--passages", "-k", help="Without --pipeline: passages shown to the generator.")] = 5,
+    backend: Annotated[str, typer.Option(help="Without --pipeline: hf, vllm or http.")] = "hf",
+    model: Annotated[Optional[str], typer.Option(help="Without --pipeline: the generator model (default SmolLM2-135M-Instruct).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Without --pipeline: answer length limit in tokens.")] = 128,
+    stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
+) -> None:
+    """Answer a question from an index: retrieve, rerank, generate."""
+    from ragline.engine.ask import answer_question, ask_pipeline
+
+    if not question.strip():
+        raise RaglineError("the question is empty")
+    pipeline = ask_pipeline(str(index_dir), pipeline_file, retriever=retriever, reranker=reranker, depth=depth,
+                            passages=passages, backend=backend, model=model, max_new_tokens=max_new_tokens)
+    on_text = None
+    if stream and not as_json:
+        def on_text(piece: str) -> None:
+            out.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+
+    result = answer_question(pipeline, question, on_text)
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        return
+    if stream:
+        out.print()
+    else:
+        out.print(result.answer.text, highlight=False, markup=False, soft_wrap=True)
+    cited = set(result.answer.cited)
+    out.print()
+    for number, passage in enumerate(result.passages, 1):
+        mark = "[bold green]*[/]" if passage.id in cited else " "
+        snippet = " ".join(passage.text.split())[:110]
+        out.print(f"{mark}[{number}] [bold]{passage.title or passage.id}[/] [dim]{snippet}[/]", highlight=False)
+    out.print(_timing_line(result))
+
+
 def _timing_line(result) -> str:
-    parts = [f"{t.stage} {t.seconds * 1000:.0f} ms" for t in result.trace]
+    parts = []
+    for t in result.trace:
+        part = f"{t.stage} {t.seconds * 1000:.0f} ms"
+        if t.extra.get("ttft") is not None:
+            part += f" (first token {t.extra['ttft'] * 1000:.0f} ms)"
+        parts.append(part)
     return "[dim]" + " · ".join(parts) + "[/]"
 
 
@@ -172,4 +226,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module rather than this __main__ copy, so plugins that
+    # import ragline.engine.cli (for ``train_app``) extend the app that runs.
+    from ragline.engine.cli import main as run_cli
+
+    run_cli()

