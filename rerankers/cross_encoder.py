@@ -6,6 +6,12 @@ so a GPU sees full batches however few candidates one query has. The new
 ranking keeps the ``top_k`` best; each query's trace records the rank every
 kept passage had before (``ranks_before``).
 
+``first_stage_weight`` > 0 interpolates: each query's cross-encoder scores and
+its first-stage scores are z-normalised over its candidates and added, the
+first-stage ones times the weight. A cross-encoder trained on little data
+(like one made here from a few hundred questions) keeps the lexical evidence
+BM25 had instead of overriding it.
+
 Any sentence-transformers ``CrossEncoder`` works: a hub id, a local folder,
 or one made by ``ragline train cross-encoder``.
 """
@@ -13,6 +19,7 @@ or one made by ``ragline train cross-encoder``.
 from __future__ import annotations
 
 import logging
+import statistics
 from typing import Any
 
 from ragline.engine.docstore import ranked_passages
@@ -59,20 +66,33 @@ def score_pairs(model, pairs: list[tuple[str, str]], batch_size: int = 64) -> li
     return [float(s) for s in scores]
 
 
+def z_scores(values: list[float]) -> list[float]:
+    """Values shifted to mean 0 and scaled to standard deviation 1 (left at 0
+    when they are all equal)."""
+    if not values:
+        return []
+    mean = statistics.fmean(values)
+    spread = statistics.pstdev(values) or 1.0
+    return [(v - mean) / spread for v in values]
+
+
 class CrossEncoderRerank(Stage):
     """Rerank the first ``depth`` candidates of each query; keep ``top_k``."""
 
     name = "cross_encoder"
 
     def __init__(self, model: str, top_k: int = 10, depth: int = 100, batch_size: int = 64,
-                 max_length: int = 512, device: str | None = None):
+                 max_length: int = 512, first_stage_weight: float = 0.0, device: str | None = None):
         if top_k < 1 or depth < 1 or batch_size < 1 or max_length < 8:
             raise ConfigError("cross_encoder: top_k, depth and batch_size must be >= 1, max_length >= 8")
+        if first_stage_weight < 0:
+            raise ConfigError("cross_encoder: first_stage_weight must be >= 0")
         self.model = model
         self.top_k = top_k
         self.depth = depth
         self.batch_size = batch_size
         self.max_length = max_length
+        self.first_stage_weight = first_stage_weight
         self.device = device
         self.encoder = None
 
@@ -87,7 +107,11 @@ class CrossEncoderRerank(Stage):
         scores = iter(score_pairs(self.encoder, pairs, self.batch_size))
         for query, passages in zip(batch, candidates):
             by_id = {hit.id: hit for hit in query.ranking}
-            scored = sorted(((next(scores), p) for p in passages), key=lambda item: -item[0])[: self.top_k]
+            mine = [next(scores) for _ in passages]
+            if self.first_stage_weight:
+                before = z_scores([by_id[p.id].score for p in passages])
+                mine = [s + self.first_stage_weight * b for s, b in zip(z_scores(mine), before)]
+            scored = sorted(zip(mine, passages), key=lambda item: -item[0])[: self.top_k]
             query.note(ranks_before=[by_id[p.id].rank for _, p in scored])
             query.ranking = [Hit(p.id, score, rank, self.name, by_id[p.id].store)
                              for rank, (score, p) in enumerate(scored, 1)]
@@ -97,6 +121,8 @@ class CrossEncoderRerank(Stage):
     def to_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"model": self.model, "top_k": self.top_k, "depth": self.depth,
                                   "batch_size": self.batch_size, "max_length": self.max_length}
+        if self.first_stage_weight:
+            config["first_stage_weight"] = self.first_stage_weight
         if self.device:
             config["device"] = self.device
         return config

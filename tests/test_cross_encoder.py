@@ -112,3 +112,99 @@ def test_the_stage_reranks_every_query_of_a_batch_in_one_model_call(trained, mon
     assert first.ranking[0].source == "cross_encoder" and [h.rank for h in first.ranking] == [1, 2]
     assert [p.id for p in first.passages] == [h.id for h in first.ranking]
     assert len(second.ranking) == 2 and second.ranking[0].score >= second.ranking[1].score
+
+
+def test_a_heavy_first_stage_weight_keeps_the_first_stage_order_and_a_light_one_blends():
+    from ragline.rerankers.cross_encoder import z_scores
+
+    texts = ["Tennis is played with rackets.", "Paris is the capital of France.", "Bananas are yellow.",
+             "France borders Spain."]
+    query = pool("a", "What is the capital of France?", texts)
+    for rank, hit in enumerate(query.ranking):
+        hit.score = 10.0 - 3 * rank  # first stage: a/0 > a/1 > a/2 > a/3
+    stage = CrossEncoderRerank("all-MiniLM-L6-v2", top_k=4, depth=4, first_stage_weight=1e6, device="cpu")
+    kept = Pipeline([stage]).run([query])[0]
+    assert [h.id for h in kept.ranking] == ["a/0", "a/1", "a/2", "a/3"]
+
+    blend = CrossEncoderRerank("all-MiniLM-L6-v2", top_k=4, depth=4, first_stage_weight=0.5, device="cpu")
+    query = pool("a", "What is the capital of France?", texts)
+    for rank, hit in enumerate(query.ranking):
+        hit.score = 10.0 - 3 * rank
+    blended = Pipeline([blend]).run([query])[0]
+    ce = z_scores(score_pairs(blend.encoder, [(query.text, t) for t in texts]))
+    first = z_scores([10.0, 7.0, 4.0, 1.0])
+    expected = sorted(range(4), key=lambda i: -(ce[i] + 0.5 * first[i]))
+    assert [h.id for h in blended.ranking] == [f"a/{i}" for i in expected]
+    with pytest.raises(ConfigError, match="first_stage_weight"):
+        CrossEncoderRerank("m", first_stage_weight=-1)
+
+
+def test_stage_settings_are_checked_and_round_trip(tmp_path):
+    with pytest.raises(ConfigError):
+        CrossEncoderRerank("m", top_k=0)
+    stage = CrossEncoderRerank("some/model", top_k=5, depth=20, first_stage_weight=0.5)
+    Pipeline([stage]).save(tmp_path / "p.yaml")
+    assert Pipeline.load(tmp_path / "p.yaml").stages[0].to_config() == stage.to_config()
+
+
+def test_training_needs_both_labels_and_writes_nothing_without_them(tmp_path):
+    with pytest.raises(InputError, match="both relevant and non-relevant"):
+        train_cross_encoder([Pair("q", "p", 1.0), Pair("q2", "p", 0.0)], "all-MiniLM-L6-v2", tmp_path / "m", TINY,
+                            progress=False)
+    with pytest.raises(InputError, match="both relevant and non-relevant"):
+        train_cross_encoder([Pair("q", "p", 1.0)], "all-MiniLM-L6-v2", tmp_path / "m", TINY, progress=False)
+    assert not (tmp_path / "m").exists()
+
+
+def test_qrels_pairs_take_judged_positives_and_unjudged_bm25_negatives(vaswani, vaswani_bm25_index, vaswani_queries):
+    from ragline.engine.topics import read_qrels
+
+    qrels = read_qrels(vaswani / "qrels")
+    topics = vaswani_queries[:5]
+    pairs = pairs_from_qrels(qrels, topics, vaswani_bm25_index, negatives=4, depth=30)
+    by_text = dict(topics)
+    for qid, _ in topics:
+        mine = [p for p in pairs if p.query == by_text[qid]]
+        relevant = sum(1 for grade in qrels[qid].values() if grade > 0)
+        assert sum(p.label == 1 for p in mine) == relevant
+        assert sum(p.label == 0 for p in mine) == 4
+
+
+@pytest.mark.slow
+def test_train_command_writes_a_model_the_stage_loads(hotpotqa_path, tmp_path):
+    out = tmp_path / "reranker"
+    result = subprocess.run(
+        [sys.executable, "-m", "ragline.engine.cli", "train", "cross-encoder", "--data", str(hotpotqa_path),
+         "--out", str(out), "--holdout", "0.3", "--limit", "4", "--max-length", "64", "--batch-size", "20",
+         "--device", "cpu"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "4 queries, 40 pairs" in result.stdout and "2 steps" in result.stdout
+    assert (out / "config.json").exists() and not list(tmp_path.glob(".*tmp*"))
+    stage = CrossEncoderRerank(str(out), top_k=1, depth=2, device="cpu")
+    ranked = Pipeline([stage]).run([pool("q", "Who wrote Hamlet?", ["Cats sleep.", "Shakespeare wrote Hamlet."])])
+    assert len(ranked[0].ranking) == 1
+
+
+def test_train_command_rejects_half_of_the_qrels_options(tmp_path):
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("q1\t0\td1\t1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "ragline.engine.cli", "train", "cross-encoder", "--data", str(qrels),
+         "--out", str(tmp_path / "m"), "--topics", str(qrels)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--topics and --index" in result.stdout + result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_ask_builds_retrieve_rerank_generate(vaswani_bm25_index):
+    from ragline.engine.ask import ask_pipeline
+
+    pipeline = ask_pipeline(str(vaswani_bm25_index), retriever="bm25", reranker="some/reranker", depth=30,
+                            passages=3)
+    assert [s.name for s in pipeline.stages] == ["bm25", "cross_encoder", "generate"]
+    assert pipeline.stages[0].k == 30
+    assert (pipeline.stages[1].top_k, pipeline.stages[1].depth) == (3, 30)
+    assert pipeline.stages[2].passages == 3
+    assert [s.name for s in ask_pipeline(str(vaswani_bm25_index), retriever="bm25").stages] == ["bm25", "generate"]
