@@ -18,10 +18,11 @@ from ragline.engine.types import Query, StageTrace
 
 def ask_pipeline(index: str, config: str | Path | None = None, *, retriever: str = "auto", reranker: str | None = None,
                  depth: int = 50, passages: int = 5, backend: str = "hf", model: str | None = None,
-                 max_new_tokens: int = 128) -> Pipeline:
+                 max_new_tokens: int = 128, options: dict | None = None) -> Pipeline:
     """From ``config`` (stages without an ``index`` read ``index``; a default
     ``generate`` stage is appended if the file has none), or else: retrieve
-    ``depth`` candidates, optionally rerank them to ``passages``, generate."""
+    ``depth`` candidates, optionally rerank them to ``passages``, generate
+    (``options`` go to the generation backend, e.g. an http ``url``)."""
     if config is not None:
         pipeline = load_pipeline(config, defaults={"index": index})
         if not isinstance(pipeline.stages[-1], Generate):
@@ -31,7 +32,7 @@ def ask_pipeline(index: str, config: str | Path | None = None, *, retriever: str
     if reranker:
         stages.append(lookup(STAGES, "cross_encoder")(model=reranker, top_k=passages, depth=depth))
     stages.append(Generate(backend=backend, model=model or DEFAULT_GENERATOR, passages=passages,
-                           max_new_tokens=max_new_tokens))
+                           max_new_tokens=max_new_tokens, options=options))
     return Pipeline(stages, top_k=passages)
 
 

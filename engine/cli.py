@@ -155,6 +155,7 @@ def ask(
     depth: Annotated[int, typer.Option(help="Without --pipeline: candidates retrieved (and reranked).")] = 50,
     passages: Annotated[int, typer.Option("--passages", "-k", help="Without --pipeline: passages shown to the generator.")] = 5,
     backend: Annotated[str, typer.Option(help="Without --pipeline: hf, vllm or http.")] = "hf",
+    url: Annotated[Optional[str], typer.Option(help="Without --pipeline, for --backend http: the server's /v1 address.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Without --pipeline: the generator model (default SmolLM2-135M-Instruct).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Without --pipeline: answer length limit in tokens.")] = 128,
     stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
@@ -166,7 +167,8 @@ def ask(
     if not question.strip():
         raise RaglineError("the question is empty")
     pipeline = ask_pipeline(str(index_dir), pipeline_file, retriever=retriever, reranker=reranker, depth=depth,
-                            passages=passages, backend=backend, model=model, max_new_tokens=max_new_tokens)
+                            passages=passages, backend=backend, model=model, max_new_tokens=max_new_tokens,
+                            options={"url": url} if url else None)
     on_text = None
     if stream and not as_json:
         def on_text(piece: str) -> None:
