@@ -64,11 +64,18 @@ class HTTPGenerator(GeneratorBackend):
         first: list[float] = []
 
         def consume(response) -> None:
-            for piece in _server_sent_text(response):
-                if not first:
-                    first.append(time.perf_counter())
-                pieces.append(piece)
-                on_text(piece)
+            try:
+                for piece in _server_sent_text(response):
+                    if not first:
+                        first.append(time.perf_counter())
+                    pieces.append(piece)
+                    on_text(piece)
+            except (OSError, TimeoutError) as err:
+                if not pieces:
+                    raise  # nothing shown yet: the request may be retried
+                # Text already went to the caller; a retry would show it twice.
+                raise RaglineError(f"the answer stream from {self.url} broke after {len(pieces)} pieces: "
+                                   f"{err}") from None
 
         self._post(body, consume)
         seconds = time.perf_counter() - started

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -23,6 +24,7 @@ class ChatServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), ChatHandler)
         self.failures = 0
         self.refuse = False
+        self.stall_after_first_piece = 0.0
         self.requests: list[dict] = []
 
     @property
@@ -54,6 +56,9 @@ class ChatHandler(BaseHTTPRequestHandler):
         for piece in (answer[:5], answer[5:12], answer[12:]):
             self.wfile.write(f"data: {json.dumps({'choices': [{'delta': {'content': piece}}]})}\n\n".encode())
             self.wfile.flush()
+            if server.stall_after_first_piece:
+                time.sleep(server.stall_after_first_piece)
+                return
         self.wfile.write(b"data: [DONE]\n\n")
 
     def _send(self, status: int, payload: bytes):
@@ -122,3 +127,12 @@ def test_no_server_at_all_is_a_clear_error():
     generator = HTTPGenerator("m", url=f"http://127.0.0.1:{port}/v1", retries=1, backoff=0.01, timeout=2)
     with pytest.raises(ServerUnreachable, match=f"127.0.0.1:{port}.*is it running"):
         generator.generate_one(CONVERSATION, Sampling())
+
+
+def test_a_stream_that_breaks_after_text_was_shown_is_not_retried(server):
+    server.stall_after_first_piece = 1.5
+    pieces: list[str] = []
+    generator = HTTPGenerator("m", url=server.url, retries=3, backoff=0.01, timeout=0.5)
+    with pytest.raises(RaglineError, match="stream .* broke after 1 pieces"):
+        generator.generate_one(CONVERSATION, Sampling(), pieces.append)
+    assert pieces == ["Paris"] and len(server.requests) == 1  # a retry would have shown "Paris" twice
