@@ -33,6 +33,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/retrieval.py
 	$(BIN)/python benchmarks/posir.py
+	$(BIN)/python benchmarks/rerank.py
+	$(BIN)/python benchmarks/qa.py
 
 # all-mpnet-base-v2 ships as a zip split over five packages (~470 MB); only the
 # PosIR benchmark uses it, so it is not part of the default setup.

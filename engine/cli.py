@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ragline.engine.errors import RaglineError
@@ -186,8 +187,10 @@ def ask(
     out.print()
     for number, passage in enumerate(result.passages, 1):
         mark = "[bold green]*[/]" if passage.id in cited else " "
-        snippet = " ".join(passage.text.split())[:110]
-        out.print(f"{mark}[{number}] [bold]{passage.title or passage.id}[/] [dim]{snippet}[/]", highlight=False)
+        # Passage text is data, not markup: escape it, and keep one line per passage.
+        snippet = escape(" ".join(passage.text.split())[:110])
+        title = escape(passage.title or passage.id)
+        out.print(f"{mark}\\[{number}] [bold]{title}[/] [dim]{snippet}[/]", highlight=False, soft_wrap=True)
     out.print(_timing_line(result))
 
 
