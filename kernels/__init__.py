@@ -1,2 +1,3 @@
-"""Attention-probe and RoPE kernels (torch reference + Triton). Empty until the
-probe lands; see the project's open issues."""
+"""Attention-probe kernels: span attention of a few query rows without an n×n
+matrix, as a chunked torch reference (``span_attention``) and a fused Triton
+kernel (``span_attention_triton``) with the same contract."""
