@@ -1,0 +1,115 @@
+"""Per-sentence attention features from a proxy language model (Sentinel's input).
+
+The proxy reads the passages, the question and an answer cue as plain text:
+
+    Title one
+    Sentence. Sentence.
+
+    Title two
+    ...
+
+    Question: ...
+    Answer:
+
+The probe reads the attention the last token (the one about to answer) pays
+to every sentence, per layer and head, as a share of what the whole context
+receives, averaged over the sentence's tokens and multiplied by the number of
+context tokens — so a sentence attended like an average token scores 1 in
+every head whatever the context length, and features from short and long
+contexts (or chunks) are on one scale. A sentence's feature vector has
+layers × heads entries.
+
+A context longer than ``max_context_tokens`` is cut into chunks of whole
+passages (a passage longer than a chunk into runs of whole sentences), each
+read with the same question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ragline.compressors.sentences import SentenceUnit
+from ragline.engine.attention_probe import AttentionProbe
+from ragline.engine.types import Passage
+
+PROMPT_LAYOUT = "ragline-proxy/1: titles, sentences, blank line, 'Question: ...', 'Answer:'; last token probed"
+
+
+class AttentionFeatures:
+    def __init__(self, model, tokenizer, max_context_tokens: int = 4096, backend: str = "auto"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.probe = AttentionProbe(model, backend=backend)
+        # Never past the proxy's window: leave room for titles, question and cue.
+        window = getattr(model.config, "max_position_embeddings", None) or max_context_tokens
+        self.max_context_tokens = max(32, min(max_context_tokens, window - 96))
+        self.layers = model.config.num_hidden_layers
+        self.heads = model.config.num_attention_heads
+
+    def __call__(self, question: str, passages: Sequence[Passage], units: Sequence[SentenceUnit]) -> np.ndarray:
+        """(len(units), layers × heads) float32."""
+        features = np.zeros((len(units), self.layers * self.heads), dtype=np.float32)
+        for chunk in self._chunks(units):
+            features[chunk] = self._read(question, passages, [units[i] for i in chunk])
+        return features
+
+    def _chunks(self, units: Sequence[SentenceUnit]) -> list[list[int]]:
+        lengths = [len(ids) for ids in self.tokenizer([u.text for u in units], add_special_tokens=False).input_ids]
+        chunks: list[list[int]] = [[]]
+        used = 0
+        for index, (unit, length) in enumerate(zip(units, lengths)):
+            # Titles, separators and the question ride on top: a margin of ~10%.
+            if chunks[-1] and used + length > 0.9 * self.max_context_tokens:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(index)
+            used += length
+        return [c for c in chunks if c]
+
+    def _read(self, question: str, passages: Sequence[Passage], units: Sequence[SentenceUnit]) -> np.ndarray:
+        text, char_ranges = _layout(question, passages, units)
+        encoded = self.tokenizer(text, return_offsets_mapping=True)  # special tokens map to (0, 0): no span
+        offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        span_ids = np.full(len(offsets), -1, dtype=np.int64)
+        for span, (start, end) in enumerate(char_ranges):
+            # A token belongs to the sentence its characters overlap (a
+            # leading-space token starts just before the sentence).
+            inside = (offsets[:, 1] > start) & (offsets[:, 0] < end) & (span_ids < 0)
+            span_ids[inside] = span
+        input_ids = torch.tensor([encoded["input_ids"]])
+        result = self.probe.run(input_ids, torch.from_numpy(span_ids), num_spans=len(char_ranges))
+        shares = result.renormalized().per_token()[:, 0, :, 0, :]  # (layers, heads, spans)
+        context_tokens = float((span_ids >= 0).sum())
+        return (shares * context_tokens).permute(2, 0, 1).reshape(len(char_ranges), -1).cpu().numpy()
+
+
+def _layout(question: str, passages: Sequence[Passage], units: Sequence[SentenceUnit]) -> tuple[str, list[tuple[int, int]]]:
+    """The proxy prompt and each unit's character range in it."""
+    parts: list[str] = []
+    ranges: list[tuple[int, int]] = []
+    length = 0
+    current = None
+
+    def add(piece: str) -> None:
+        nonlocal length
+        parts.append(piece)
+        length += len(piece)
+
+    for unit in units:
+        if unit.passage != current:
+            if current is not None:
+                add("\n\n")
+            title = passages[unit.passage].title
+            if title:
+                add(title + "\n")
+            current = unit.passage
+        elif parts:
+            add(" ")
+        sentence = " ".join(unit.text.split())
+        ranges.append((length, length + len(sentence)))
+        add(sentence)
+    add(f"\n\nQuestion: {' '.join(question.split())}\nAnswer:")
+    return "".join(parts), ranges

@@ -1,0 +1,107 @@
+"""What every sentence-level compressor shares: take the top passages, split
+them into sentences, score the sentences (the one thing each method defines),
+keep the best within a budget, and write the kept text to ``Query.context``.
+
+Budgets, counted in the generator's tokenizer:
+- ``ratio``: the fraction of the context's tokens to keep (0.2 = 5× compression);
+- ``budget``: a number of tokens;
+- ``threshold``: every sentence scoring at least this (for methods whose
+  scores are probabilities), no token budget.
+Selection is greedy by score (a sentence that does not fit is skipped and
+smaller ones may still fit); kept sentences stay in their original order.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ragline.engine.causal_lm import DEFAULT_GENERATOR
+from ragline.engine.docstore import ranked_passages
+from ragline.engine.errors import ConfigError
+from ragline.engine.stage import Stage
+from ragline.engine.types import Passage, Query
+
+from ragline.compressors.sentences import SentenceUnit, render_context, sentence_units
+
+
+class SentenceCompressor(Stage):
+    def __init__(self, ratio: float | None = None, budget: int | None = None, threshold: float | None = None,
+                 passages: int = 10, tokenizer: str = DEFAULT_GENERATOR):
+        chosen = [name for name, value in (("ratio", ratio), ("budget", budget), ("threshold", threshold))
+                  if value is not None]
+        if len(chosen) > 1:
+            raise ConfigError(f"{self.name}: give one of ratio, budget or threshold, not {' and '.join(chosen)}")
+        if not chosen:
+            ratio = 0.5
+        if ratio is not None and not 0 < ratio <= 1:
+            raise ConfigError(f"{self.name}: ratio is the fraction of tokens kept, in (0, 1]; got {ratio}")
+        if budget is not None and budget < 0:
+            raise ConfigError(f"{self.name}: budget must be >= 0 tokens")
+        self.ratio, self.budget, self.threshold = ratio, budget, threshold
+        self.passages = passages
+        self.tokenizer_name = tokenizer
+        self._tokenizer = None
+
+    # -- what each method defines ------------------------------------------------
+    @abc.abstractmethod
+    def score_units(self, question: str, passages: Sequence[Passage], units: Sequence[SentenceUnit]) -> list[float]:
+        """One relevance score per sentence unit (higher = keep)."""
+
+    def method_config(self) -> dict[str, Any]:
+        """The method's own options, for ``to_config``."""
+        return {}
+
+    # -- shared ------------------------------------------------------------------
+    def warm_up(self) -> None:
+        from transformers import AutoTokenizer
+
+        from ragline.engine.causal_lm import resolve_lm_source
+
+        self._tokenizer = AutoTokenizer.from_pretrained(resolve_lm_source(self.tokenizer_name))
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        self.warm_up()
+        if not texts:
+            return []
+        return [len(ids) for ids in self._tokenizer(list(texts), add_special_tokens=False).input_ids]
+
+    def run(self, batch: list[Query]) -> list[Query]:
+        self.warm_up()
+        for query in batch:
+            passages = ranked_passages(query, self.passages)
+            query.passages = passages
+            units = sentence_units(passages)
+            start = time.perf_counter()
+            scores = self.score_units(query.text, passages, units) if units else []
+            seconds = time.perf_counter() - start
+            lengths = self.count_tokens([u.text for u in units])
+            keep = self.select(scores, lengths)
+            query.context = render_context(passages, units, keep)
+            query.note(sentences=len(units), kept=len(keep), tokens_before=sum(lengths),
+                       tokens_after=sum(lengths[i] for i in keep), scoring_seconds=seconds)
+        return batch
+
+    def select(self, scores: Sequence[float], lengths: Sequence[int]) -> list[int]:
+        """Indices of the kept units, in original order."""
+        if self.threshold is not None:
+            return [i for i, s in enumerate(scores) if s >= self.threshold]
+        budget = self.budget if self.budget is not None else self.ratio * sum(lengths)
+        kept, used = [], 0
+        for index in sorted(range(len(scores)), key=lambda i: (-scores[i], i)):
+            if scores[index] == float("-inf"):  # a method's "never keep"
+                break
+            if used + lengths[index] <= budget:
+                kept.append(index)
+                used += lengths[index]
+        return sorted(kept)
+
+    def to_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"passages": self.passages, "tokenizer": self.tokenizer_name}
+        for name in ("ratio", "budget", "threshold"):
+            if getattr(self, name) is not None:
+                config[name] = getattr(self, name)
+        config.update(self.method_config())
+        return config

@@ -1,0 +1,44 @@
+"""``ragline train sentinel``: fit Sentinel's attention probe on HotpotQA."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def train_sentinel_command(
+    data: Annotated[Path, typer.Option("--data", help="HotpotQA JSONL (supporting facts label the sentences).")],
+    out: Annotated[Path, typer.Option("--out", help="File to write the probe to (JSON).")],
+    proxy: Annotated[str, typer.Option("--proxy", help="Proxy LM: hub id, folder, or a packaged model.")] = "SmolLM2-135M-Instruct",
+    holdout: Annotated[float, typer.Option(help="Fraction of questions held out (split by question id) for the AUC.")] = 0.3,
+    limit: Annotated[Optional[int], typer.Option(help="Train on at most this many questions.")] = None,
+    test_limit: Annotated[Optional[int], typer.Option(help="Report the AUC on at most this many held-out questions.")] = None,
+    c: Annotated[float, typer.Option("--c", help="Inverse L2 regularisation of the logistic regression.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the question split.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when present).")] = None,
+) -> None:
+    """Label HotpotQA sentences by supporting facts, read the proxy's attention
+    features, fit a logistic-regression probe, report held-out AUC."""
+    from ragline.compressors.sentinel_training import train_sentinel
+    from ragline.engine.cli import out as console
+    from ragline.engine.hotpotqa import read_hotpotqa, split_by_question
+
+    questions = [q for q in read_hotpotqa(data) if q.supporting]
+    train, test = split_by_question(questions, holdout, seed) if holdout else (questions, [])
+    summary = train_sentinel(train[:limit], test[:test_limit], proxy, out, device=device, c=c,
+                             progress=sys.stderr.isatty())
+    line = (f"[green]trained[/] {out}: {summary['train_questions']} questions, {summary['train_sentences']:,} "
+            f"sentences ({summary['train_positives']:,} supporting), train AUC {summary['train_auc']:.3f}")
+    if "test_auc" in summary:
+        line += (f"; held out: {summary['test_questions']} questions, AUC {summary['test_auc']:.3f} "
+                 f"(raw attention {summary['test_auc_raw_attention']:.3f})")
+    console.print(line)
+
+
+def register(app: typer.Typer) -> None:
+    from ragline.engine.cli import train_app
+
+    train_app.command("sentinel")(train_sentinel_command)

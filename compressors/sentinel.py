@@ -1,0 +1,124 @@
+"""Sentinel: context compression by probing a small proxy model's attention.
+
+Each sentence gets the proxy's attention features (``attention_features``:
+one value per layer and head, from the token about to answer), and a
+logistic-regression probe, trained offline (``ragline train sentinel``),
+turns them into the probability that the sentence is needed. Without a
+trained probe the stage ranks sentences by their mean feature — raw
+attention, the untrained ablation.
+
+The probe is a small JSON artifact: standardisation, coefficients, and what
+the features came from (proxy model id, layers, heads, prompt layout), which
+must match the proxy the stage runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragline.compressors.attention_features import PROMPT_LAYOUT, AttentionFeatures
+from ragline.compressors.base import SentenceCompressor
+from ragline.compressors.sentences import SentenceUnit
+from ragline.engine.atomic import atomic_write_text
+from ragline.engine.causal_lm import DEFAULT_GENERATOR, canonical_lm_id
+from ragline.engine.errors import ConfigError, InputError
+from ragline.engine.types import Passage
+
+ARTIFACT_FORMAT = "ragline-sentinel/1"
+
+
+@dataclass
+class SentinelProbe:
+    proxy: str
+    layers: int
+    heads: int
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+    prompt_layout: str = PROMPT_LAYOUT
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        z = (features - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps({"format": ARTIFACT_FORMAT, **asdict(self)}, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SentinelProbe:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{path}: no Sentinel probe here (make one with 'ragline train sentinel')") from None
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{err.lineno}: not a Sentinel probe (invalid JSON: {err.msg})") from None
+        if not isinstance(data, dict) or data.pop("format", None) != ARTIFACT_FORMAT:
+            raise InputError(f"{path}: not a Sentinel probe (expected format {ARTIFACT_FORMAT!r})")
+        try:
+            probe = cls(**data)
+        except TypeError as err:
+            raise InputError(f"{path}: malformed Sentinel probe ({err})") from None
+        if not len(probe.mean) == len(probe.scale) == len(probe.coef) == probe.layers * probe.heads:
+            raise InputError(f"{path}: malformed Sentinel probe (vector sizes do not match "
+                             f"{probe.layers} layers × {probe.heads} heads)")
+        return probe
+
+
+class Sentinel(SentenceCompressor):
+    name = "sentinel"
+
+    def __init__(self, probe: str | None = None, proxy: str | None = None, max_context_tokens: int = 4096,
+                 device: str | None = None, backend: str = "auto", **budget):
+        """``probe``: a trained probe file (None = raw attention); ``proxy``:
+        the proxy LM (default: the probe's own, else SmolLM2-135M-Instruct)."""
+        super().__init__(**budget)
+        self.probe_path = probe
+        self.proxy = proxy
+        self.max_context_tokens = max_context_tokens
+        self.device = device
+        self.backend = backend
+        self.classifier: SentinelProbe | None = None
+        self.features: AttentionFeatures | None = None
+
+    def warm_up(self) -> None:
+        from ragline.engine.causal_lm import load_causal_lm
+
+        super().warm_up()
+        if self.probe_path is not None:
+            self.classifier = SentinelProbe.load(self.probe_path)
+        proxy = self.proxy or (self.classifier.proxy if self.classifier else DEFAULT_GENERATOR)
+        if self.classifier is not None and canonical_lm_id(proxy) != canonical_lm_id(self.classifier.proxy):
+            raise ConfigError(f"the Sentinel probe {self.probe_path} was trained on {self.classifier.proxy}'s "
+                              f"attention, not {proxy}'s")
+        model, tokenizer = load_causal_lm(proxy, device=self.device, dtype="float32")
+        self.features = AttentionFeatures(model, tokenizer, self.max_context_tokens, self.backend)
+        if self.classifier is not None:
+            shape = (self.features.layers, self.features.heads)
+            if shape != (self.classifier.layers, self.classifier.heads):
+                raise ConfigError(f"the Sentinel probe {self.probe_path} expects {self.classifier.layers} layers × "
+                                  f"{self.classifier.heads} heads; the proxy has {shape[0]} × {shape[1]}")
+
+    def score_units(self, question: str, passages: Sequence[Passage], units: Sequence[SentenceUnit]) -> list[float]:
+        self.warm_up()
+        features = self.features(question, passages, units)
+        if self.classifier is None:
+            return features.mean(axis=1).tolist()
+        return self.classifier.probabilities(features).tolist()
+
+    def method_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"probe": self.probe_path, "max_context_tokens": self.max_context_tokens}
+        for name in ("proxy", "device"):
+            if getattr(self, name) is not None:
+                config[name] = getattr(self, name)
+        if self.backend != "auto":
+            config["backend"] = self.backend
+        return config

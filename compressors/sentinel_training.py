@@ -1,0 +1,96 @@
+"""Training Sentinel's probe on HotpotQA: supporting sentences are the
+positives, every other sentence of the question's ten paragraphs a negative.
+
+Sentences are the file's own (exact labels, no splitter in the way); the
+questions split by id (``split_by_question``), the probe is fitted on the
+training side and its AUC reported on the held-out side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ragline.compressors.attention_features import AttentionFeatures
+from ragline.compressors.sentences import SentenceUnit
+from ragline.compressors.sentinel import SentinelProbe
+from ragline.engine.errors import InputError
+from ragline.engine.hotpotqa import HotpotQuestion
+from ragline.engine.types import Passage
+
+
+def labelled_units(question: HotpotQuestion) -> tuple[list[Passage], list[SentenceUnit], list[int]]:
+    """The question's paragraphs as passages, their sentences as units, and a
+    0/1 label per unit (1 = a supporting fact)."""
+    supporting = set(question.supporting)
+    passages, units, labels = [], [], []
+    for p_index, paragraph in enumerate(question.paragraphs):
+        text, offset = "", 0
+        for s_index, sentence in enumerate(paragraph.sentences):
+            clean = " ".join(sentence.split())
+            if not clean:
+                continue
+            if text:
+                text += " "
+            start = len(text)
+            text += clean
+            units.append(SentenceUnit(p_index, start, len(text), clean))
+            labels.append(int((paragraph.title, s_index) in supporting))
+        passages.append(Passage(f"{question.id}/{p_index}", paragraph.title, text, paragraph.title, 0, len(text)))
+    return passages, units, labels
+
+
+def extract(questions: Sequence[HotpotQuestion], features: AttentionFeatures,
+            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every sentence of ``questions`` (those with labelled support)."""
+    from tqdm import tqdm
+
+    rows, labels = [], []
+    for question in tqdm(questions, desc="attention features", unit="question", disable=not progress):
+        passages, units, unit_labels = labelled_units(question)
+        if not units or not any(unit_labels):
+            continue
+        rows.append(features(question.question, passages, units))
+        labels.extend(unit_labels)
+    if not rows:
+        raise InputError("no question with labelled supporting sentences to learn from")
+    return np.concatenate(rows), np.asarray(labels)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, proxy: str, layers: int, heads: int, c: float = 1.0) -> SentinelProbe:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    classifier = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x), y)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    return SentinelProbe(proxy=proxy, layers=layers, heads=heads, mean=scaler.mean_.tolist(), scale=scale.tolist(),
+                         coef=classifier.coef_[0].tolist(), intercept=float(classifier.intercept_[0]))
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def train_sentinel(questions: Sequence[HotpotQuestion], held_out: Sequence[HotpotQuestion], proxy: str,
+                   out: str | Path, device: str | None = None, c: float = 1.0, progress: bool = False) -> dict:
+    from ragline.engine.causal_lm import canonical_lm_id, load_causal_lm
+
+    model, tokenizer = load_causal_lm(proxy, device=device, dtype="float32")
+    features = AttentionFeatures(model, tokenizer)
+    x, y = extract(questions, features, progress)
+    probe = fit_probe(x, y, canonical_lm_id(proxy), features.layers, features.heads, c)
+    summary = {"train_questions": len(questions), "train_sentences": int(len(y)), "train_positives": int(y.sum()),
+               "train_auc": auc(probe.probabilities(x), y)}
+    if held_out:
+        x_test, y_test = extract(held_out, features, progress)
+        summary.update(test_questions=len(held_out), test_sentences=int(len(y_test)),
+                       test_auc=auc(probe.probabilities(x_test), y_test),
+                       test_auc_raw_attention=auc(x_test.mean(axis=1), y_test))
+    probe.training = {"data": "hotpotqa", "c": c, **summary}
+    probe.save(out)
+    return summary

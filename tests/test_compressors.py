@@ -1,0 +1,195 @@
+"""Sentence splitting, budgeted selection, and the compressors end to end
+(on a tiny random Llama with SmolLM2's tokenizer, so they run in seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ragline.compressors.baselines import EmbeddingSentences, LeadingSentences, RandomSentences
+from ragline.compressors.sentences import sentence_units, split_sentences
+from ragline.engine.errors import ConfigError, InputError
+from ragline.engine.pipeline import Pipeline
+from ragline.engine.types import Passage, Query
+
+
+def sentences_of(text: str) -> list[str]:
+    return [text[s:e] for s, e in split_sentences(text)]
+
+
+def test_sentences_keep_offsets_and_survive_abbreviations_and_initials():
+    text = ("J. R. R. Tolkien wrote it. Dr. Smith moved to the U.S. Army in 1942!  Was it Mt. Hood? "
+            "\"Yes,\" she said.\n\nA new paragraph")
+    assert sentences_of(text) == [
+        "J. R. R. Tolkien wrote it.",
+        "Dr. Smith moved to the U.S. Army in 1942!",
+        "Was it Mt. Hood?",
+        "\"Yes,\" she said.",
+        "A new paragraph",
+    ]
+    assert split_sentences("") == [] and split_sentences("   ") == []
+
+
+def passages() -> list[Passage]:
+    return [
+        Passage("p1", "d1", "Paris is the capital of France. It has many museums. The Seine flows through it.", "Paris"),
+        Passage("p2", "d2", "Bananas are yellow. Monkeys like bananas.", "Bananas"),
+    ]
+
+
+def query_with(passage_list) -> Query:
+    from ragline.engine.docstore import MemoryStore
+    from ragline.engine.types import Hit
+
+    store = MemoryStore(passage_list)
+    hits = [Hit(p.id, 1.0, rank, "pool", store) for rank, p in enumerate(passage_list, 1)]
+    return Query("q1", "What is the capital of France?", hits={"pool": hits}, ranking=hits)
+
+
+def test_selection_is_greedy_within_the_budget_and_keeps_original_order():
+    leading = LeadingSentences(budget=0)
+    lengths = [10, 30, 5, 8]
+    scores = [0.1, 0.9, 0.8, 0.7]
+    leading.budget = 20
+    assert leading.select(scores, lengths) == [2, 3]  # 30 does not fit; 5 and 8 do
+    leading.budget = 100
+    assert leading.select(scores, lengths) == [0, 1, 2, 3]
+    assert leading.select([0.5, float("-inf")], [1, 1]) == [0]  # -inf is never kept
+    with pytest.raises(ConfigError, match="one of ratio, budget or threshold"):
+        LeadingSentences(ratio=0.5, budget=10)
+    with pytest.raises(ConfigError, match="fraction"):
+        LeadingSentences(ratio=2.0)
+
+
+def test_leading_sentences_keep_the_start_and_the_passage_numbers():
+    query = Pipeline([LeadingSentences(ratio=0.4)]).run([query_with(passages())])[0]
+    assert query.context.startswith("[1] Paris\nParis is the capital of France.")
+    assert "Monkeys" not in query.context
+    note = query.trace[-1].extra
+    assert note["kept"] < note["sentences"] == 5
+    assert note["tokens_after"] <= 0.4 * note["tokens_before"]
+
+
+def test_random_sentences_are_reproducible_per_question():
+    first = Pipeline([RandomSentences(ratio=0.5, seed=3)]).run([query_with(passages())])[0].context
+    again = Pipeline([RandomSentences(ratio=0.5, seed=3)]).run([query_with(passages())])[0].context
+    assert first == again
+
+
+@pytest.mark.slow
+def test_embedding_sentences_keep_the_answering_sentence():
+    query = Pipeline([EmbeddingSentences(budget=12)]).run([query_with(passages())])[0]
+    assert "Paris is the capital of France." in query.context
+    assert "Bananas" not in query.context
+
+
+def test_an_empty_context_compresses_to_nothing():
+    empty = [Passage("p", "d", "   ", "Empty")]
+    query = Pipeline([LeadingSentences(ratio=0.5)]).run([query_with(empty)])[0]
+    assert query.context == ""
+    assert sentence_units(empty) == []
+
+
+# -- the attention compressors, on a tiny random model ---------------------------------------------
+
+@pytest.fixture()
+def sentinel_probe_file(tiny_lm, tmp_path):
+    from ragline.compressors.sentinel import SentinelProbe
+
+    layers, heads = 2, 4
+    rng = np.random.default_rng(0)
+    probe = SentinelProbe(proxy=tiny_lm, layers=layers, heads=heads, mean=[0.0] * 8, scale=[1.0] * 8,
+                          coef=rng.normal(size=8).tolist(), intercept=0.0)
+    path = tmp_path / "probe.json"
+    probe.save(path)
+    return path
+
+
+def test_sentinel_with_a_probe_selects_within_budget(tiny_lm, sentinel_probe_file):
+    from ragline.compressors.sentinel import Sentinel
+
+    stage = Sentinel(probe=str(sentinel_probe_file), ratio=0.5, device="cpu", tokenizer=tiny_lm)
+    query = Pipeline([stage]).run([query_with(passages())])[0]
+    note = query.trace[-1].extra
+    assert 0 < note["kept"] < note["sentences"]
+    assert note["tokens_after"] <= 0.5 * note["tokens_before"]
+    scores = stage.score_units(query.text, query.passages, sentence_units(query.passages))
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert Sentinel(**stage.to_config()).to_config() == stage.to_config()
+
+
+def test_sentinel_chunks_a_context_longer_than_the_proxy_window(tiny_lm):
+    from ragline.compressors.sentinel import Sentinel
+
+    # tiny_lm has a 256-position window; this context is ~1,000 tokens.
+    long = [Passage(f"p{i}", f"d{i}", " ".join(f"Fact number {i}-{j} is about topic {j}." for j in range(12)), f"T{i}")
+            for i in range(8)]
+    stage = Sentinel(ratio=0.3, device="cpu", tokenizer=tiny_lm, proxy=tiny_lm)
+    query = Pipeline([stage]).run([query_with(long)])[0]
+    assert query.trace[-1].extra["sentences"] == 96
+    assert query.context
+
+
+def test_sentinel_probe_files_are_checked(tiny_lm, sentinel_probe_file, tmp_path):
+    from ragline.compressors.sentinel import Sentinel, SentinelProbe
+
+    with pytest.raises(InputError, match="no Sentinel probe"):
+        SentinelProbe.load(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "ragline-sentinel/1",\n "proxy": ')
+    with pytest.raises(InputError, match=r"broken.json:2: not a Sentinel probe"):
+        SentinelProbe.load(broken)
+    data = json.loads(sentinel_probe_file.read_text())
+    data["coef"] = data["coef"][:3]
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="vector sizes"):
+        SentinelProbe.load(short)
+    data = json.loads(sentinel_probe_file.read_text())
+    data.update(layers=3, mean=[0.0] * 12, scale=[1.0] * 12, coef=[0.0] * 12, heads=4)
+    wrong_shape = tmp_path / "wrong.json"
+    wrong_shape.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="3 layers"):
+        Sentinel(probe=str(wrong_shape), device="cpu", tokenizer=tiny_lm).warm_up()
+
+
+def test_train_sentinel_writes_a_probe_the_stage_loads(tiny_lm, hotpotqa_path, tmp_path):
+    from ragline.compressors.sentinel import Sentinel
+    from ragline.compressors.sentinel_training import train_sentinel
+    from ragline.engine.hotpotqa import read_hotpotqa
+
+    questions = [q for q in read_hotpotqa(hotpotqa_path, limit=40) if q.evidence_complete][:4]
+    out = tmp_path / "sentinel.json"
+    summary = train_sentinel(questions[:3], questions[3:], tiny_lm, out, device="cpu")
+    assert summary["train_positives"] > 0 and summary["train_sentences"] > 20
+    assert 0.0 <= summary["test_auc"] <= 1.0
+    stage = Sentinel(probe=str(out), ratio=0.5, device="cpu", tokenizer=tiny_lm)
+    assert Pipeline([stage]).run([query_with(passages())])[0].context
+
+
+def test_attention_rag_top_k_keeps_the_sentences_of_the_top_tokens(tiny_lm):
+    from ragline.compressors.attention_rag import AttentionRAG
+
+    for read in ("predicting", "generated"):
+        stage = AttentionRAG(model=tiny_lm, tokenizer=tiny_lm, top_k=2, cue="The capital is", read=read,
+                             drop_none=False, device="cpu")
+        query = Pipeline([stage]).run([query_with(passages())])[0]
+        note = query.trace[-1].extra
+        assert 1 <= note["kept"] <= 2  # two tokens hold at most two sentences
+        assert "threshold" not in stage.to_config()
+    with pytest.raises(ConfigError, match="not both"):
+        AttentionRAG(top_k=3, ratio=0.5)
+    with pytest.raises(ConfigError, match="read"):
+        AttentionRAG(read="middle")
+
+
+def test_attention_rag_budget_mode_and_a_generated_cue(tiny_lm):
+    from ragline.compressors.attention_rag import AttentionRAG
+
+    stage = AttentionRAG(model=tiny_lm, tokenizer=tiny_lm, ratio=0.5, chunk_tokens=16, drop_none=False, device="cpu")
+    query = Pipeline([stage]).run([query_with(passages())])[0]
+    note = query.trace[-1].extra
+    assert note["tokens_after"] <= 0.5 * note["tokens_before"]
+    assert isinstance(stage.make_cue("Who wrote Hamlet?"), str) and stage.make_cue("Who wrote Hamlet?")
