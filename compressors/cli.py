@@ -16,7 +16,7 @@ def train_sentinel_command(
     holdout: Annotated[float, typer.Option(help="Fraction of questions held out (split by question id) for the AUC.")] = 0.3,
     limit: Annotated[Optional[int], typer.Option(help="Train on at most this many questions.")] = None,
     test_limit: Annotated[Optional[int], typer.Option(help="Report the AUC on at most this many held-out questions.")] = None,
-    c: Annotated[float, typer.Option("--c", help="Inverse L2 regularisation of the logistic regression.")] = 1.0,
+    c: Annotated[Optional[float], typer.Option("--c", help="Inverse L2 regularisation of the logistic regression (default: chosen by cross-validation over training questions).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the question split.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when present).")] = None,
 ) -> None:

@@ -43,20 +43,48 @@ def labelled_units(question: HotpotQuestion) -> tuple[list[Passage], list[Senten
 
 
 def extract(questions: Sequence[HotpotQuestion], features: AttentionFeatures,
-            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of every sentence of ``questions`` (those with labelled support)."""
+            progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels and question index of every sentence of ``questions``
+    (those with labelled support)."""
     from tqdm import tqdm
 
-    rows, labels = [], []
-    for question in tqdm(questions, desc="attention features", unit="question", disable=not progress):
+    rows, labels, groups = [], [], []
+    for number, question in enumerate(tqdm(questions, desc="attention features", unit="question", disable=not progress)):
         passages, units, unit_labels = labelled_units(question)
         if not units or not any(unit_labels):
             continue
         rows.append(features(question.question, passages, units))
         labels.extend(unit_labels)
+        groups.extend([number] * len(unit_labels))
     if not rows:
         raise InputError("no question with labelled supporting sentences to learn from")
-    return np.concatenate(rows), np.asarray(labels)
+    return np.concatenate(rows), np.asarray(labels), np.asarray(groups)
+
+
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5) -> float:
+    """The regularisation with the best mean AUC over folds of whole
+    questions of the training data (a question's sentences stay together)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    splits = list(GroupKFold(n_splits=min(folds, len(set(groups)))).split(x, y, groups))
+    best, best_auc = C_GRID[-1], -1.0
+    for c in C_GRID:
+        aucs = []
+        for fit_rows, score_rows in splits:
+            if len(set(y[score_rows])) < 2 or len(set(y[fit_rows])) < 2:
+                continue
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+            model.fit(x[fit_rows], y[fit_rows])
+            aucs.append(auc(model.predict_proba(x[score_rows])[:, 1], y[score_rows]))
+        if aucs and np.mean(aucs) > best_auc:
+            best, best_auc = c, float(np.mean(aucs))
+    return best
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, proxy: str, layers: int, heads: int, c: float = 1.0) -> SentinelProbe:
@@ -77,17 +105,21 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def train_sentinel(questions: Sequence[HotpotQuestion], held_out: Sequence[HotpotQuestion], proxy: str,
-                   out: str | Path, device: str | None = None, c: float = 1.0, progress: bool = False) -> dict:
+                   out: str | Path, device: str | None = None, c: float | None = None, progress: bool = False) -> dict:
+    """``c``: the logistic regression's inverse regularisation; None chooses it
+    by cross-validation over training questions."""
     from ragline.engine.causal_lm import canonical_lm_id, load_causal_lm
 
     model, tokenizer = load_causal_lm(proxy, device=device, dtype="float32")
     features = AttentionFeatures(model, tokenizer)
-    x, y = extract(questions, features, progress)
+    x, y, groups = extract(questions, features, progress)
+    if c is None:
+        c = choose_c(x, y, groups) if len(set(groups)) >= 2 else 1.0
     probe = fit_probe(x, y, canonical_lm_id(proxy), features.layers, features.heads, c)
     summary = {"train_questions": len(questions), "train_sentences": int(len(y)), "train_positives": int(y.sum()),
                "train_auc": auc(probe.probabilities(x), y)}
     if held_out:
-        x_test, y_test = extract(held_out, features, progress)
+        x_test, y_test, _ = extract(held_out, features, progress)
         summary.update(test_questions=len(held_out), test_sentences=int(len(y_test)),
                        test_auc=auc(probe.probabilities(x_test), y_test),
                        test_auc_raw_attention=auc(x_test.mean(axis=1), y_test))

@@ -26,6 +26,9 @@ app = typer.Typer(
 # Commands that make models (``ragline train cross-encoder``) are added here by plugins.
 train_app = typer.Typer(help="Train the models a pipeline uses.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+# Commands that measure a model for a stage (``ragline calibrate attnrank``), also added by plugins.
+calibrate_app = typer.Typer(help="Measure a model for the stages that need a profile of it.", no_args_is_help=True)
+app.add_typer(calibrate_app, name="calibrate")
 out = Console()
 err = Console(stderr=True)
 

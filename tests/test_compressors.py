@@ -193,3 +193,10 @@ def test_attention_rag_budget_mode_and_a_generated_cue(tiny_lm):
     note = query.trace[-1].extra
     assert note["tokens_after"] <= 0.5 * note["tokens_before"]
     assert isinstance(stage.make_cue("Who wrote Hamlet?"), str) and stage.make_cue("Who wrote Hamlet?")
+
+
+def test_attention_rag_falls_back_to_a_generic_cue():
+    from ragline.compressors.attention_rag import GENERIC_CUE, AttentionRAG
+
+    assert AttentionRAG(cue="").make_cue("Is it?") == GENERIC_CUE
+    assert AttentionRAG(cue="It is").make_cue("Is it?") == "It is"
