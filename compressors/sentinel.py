@@ -31,6 +31,7 @@ from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.types import Passage
 
 ARTIFACT_FORMAT = "ragline-sentinel/1"
+LOG_OFFSET = 1e-3
 
 
 @dataclass
@@ -43,10 +44,20 @@ class SentinelProbe:
     coef: list[float]
     intercept: float
     prompt_layout: str = PROMPT_LAYOUT
+    #: Applied to the attention features before standardising: "log" (of
+    #: feature + 1e-3; attention is heavy-tailed) or "none".
+    transform: str = "log"
     training: dict[str, Any] = field(default_factory=dict)
 
+    def prepare(self, features: np.ndarray) -> np.ndarray:
+        if self.transform == "log":
+            return np.log(features + LOG_OFFSET)
+        if self.transform == "none":
+            return features
+        raise InputError(f"unknown Sentinel feature transform {self.transform!r}")
+
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        z = (features - np.asarray(self.mean)) / np.asarray(self.scale)
+        z = (self.prepare(features) - np.asarray(self.mean)) / np.asarray(self.scale)
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
 
     def save(self, path: str | Path) -> None:
