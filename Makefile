@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/posir.py
 	$(BIN)/python benchmarks/rerank.py
 	$(BIN)/python benchmarks/qa.py
+	$(BIN)/python benchmarks/probe.py
+	$(BIN)/python benchmarks/compression.py
+	$(BIN)/python benchmarks/reorder.py
 
 # all-mpnet-base-v2 ships as a zip split over five packages (~470 MB); only the
 # PosIR benchmark uses it, so it is not part of the default setup.

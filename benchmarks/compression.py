@@ -49,7 +49,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--questions", type=int, default=30)
     parser.add_argument("--probe", type=Path, default=ROOT / ".cache" / "sentinel-smollm2.json")
-    parser.add_argument("--train-limit", type=int, default=120)
+    parser.add_argument("--train-limit", type=int, default=160, help="training questions for Sentinel's probe")
+    parser.add_argument("--auc-questions", type=int, default=60, help="held-out questions for the probe's AUC")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--no-qa", action="store_true", help="support recall only, no generation")
     args = parser.parse_args()
@@ -64,12 +65,13 @@ def main() -> None:
     from ragline.eval.qa import evaluate_qa
 
     questions = [q for q in read_hotpotqa(args.data) if q.supporting]
-    train, test = split_by_question(questions, 0.3, seed=0)
-    test = [q for q in test if q.evidence_complete][: args.questions]
+    train, held_out = split_by_question(questions, 0.3, seed=0)
+    test = [q for q in held_out if q.evidence_complete][: args.questions]
     figures: dict = {"questions": len(test)}
     if not args.probe.exists():
         args.probe.parent.mkdir(parents=True, exist_ok=True)
-        summary = train_sentinel(train[: args.train_limit], [], "SmolLM2-135M-Instruct", args.probe)
+        summary = train_sentinel(train[: args.train_limit], held_out[: args.auc_questions], "SmolLM2-135M-Instruct",
+                                 args.probe)
         print(f"trained {args.probe}: {summary}")
     training = json.loads(args.probe.read_text())["training"]
     figures.update({f"sentinel_{k}": v for k, v in training.items() if isinstance(v, (int, float))})
