@@ -200,3 +200,16 @@ def test_attention_rag_falls_back_to_a_generic_cue():
 
     assert AttentionRAG(cue="").make_cue("Is it?") == GENERIC_CUE
     assert AttentionRAG(cue="It is").make_cue("Is it?") == "It is"
+
+
+def test_train_sentinel_command_reports_held_out_auc(tiny_lm, hotpotqa_path, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "probe.json"
+    result = subprocess.run([sys.executable, "-m", "ragline.engine.cli", "train", "sentinel", "--data",
+                             str(hotpotqa_path), "--proxy", tiny_lm, "--out", str(out), "--limit", "4",
+                             "--test-limit", "3", "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "held out: 3 questions, AUC" in " ".join(result.stdout.split())  # rich wraps long lines
+    assert json.loads(out.read_text())["training"]["test_questions"] == 3

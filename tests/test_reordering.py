@@ -136,3 +136,23 @@ def test_attention_sort_puts_the_most_attended_passage_last(tiny_lm, lm):
     assert sorted(p.id for p in two_rounds.passages) == sorted(p.id for p in passages)
     with pytest.raises(ConfigError, match="rounds"):
         AttentionSort(rounds=0)
+
+
+def ragline(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ragline.engine.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_calibrate_command_writes_a_profile_and_its_plot(tiny_lm, hotpotqa_path, tmp_path):
+    out = tmp_path / "profile.json"
+    result = ragline("calibrate", "attnrank", "--model", tiny_lm, "--slots", 4, "--data", hotpotqa_path,
+                     "--questions", 2, "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "calibrated" in result.stdout
+    assert AttentionProfile.load(out).slots == 4
+    assert out.with_suffix(".png").exists()
+    missing = ragline("calibrate", "attnrank", "--model", tiny_lm, "--data", tmp_path / "nope.jsonl", "--out", out)
+    assert missing.returncode != 0 and "nope.jsonl" in missing.stderr
