@@ -81,7 +81,8 @@ def test_probe_equals_eager_attention_summed_onto_spans(kind, backend):
     assert sdpa.config._attn_implementation == "sdpa"
 
 
-def test_probe_equals_eager_attention_on_smollm2(smollm2_folder):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_probe_equals_eager_attention_on_smollm2(smollm2_folder, backend):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
@@ -92,7 +93,7 @@ def test_probe_equals_eager_attention_on_smollm2(smollm2_folder):
     input_ids = tokenizer(text, return_tensors="pt").input_ids
     length = input_ids.shape[1]
     spans = [(0, 8), (8, 16), (16, 26), (26, length - 1)]
-    probe = AttentionProbe(sdpa, backend="torch")
+    probe = AttentionProbe(sdpa, backend=backend)
 
     probed = probe.run(input_ids, span_ids_from_ranges(spans, length))
     expected = eager_span_sums(eager, input_ids, None, [length - 1], spans)
