@@ -37,12 +37,25 @@ class Generate(Stage):
         system_prompt: str | None = None,
         max_passage_chars: int = 0,
         options: dict[str, Any] | None = None,
+        kv_reuse: str = "none",
+        kv_options: dict[str, Any] | None = None,
     ):
         """``options`` go to the backend: ``device``, ``dtype``, ``batch_size`` (hf);
         ``gpu_memory_utilization``, ``max_model_len`` (vllm); ``url``, ``timeout``,
-        ``retries``, ``concurrency``, ``api_key_env`` (http)."""
+        ``retries``, ``concurrency``, ``api_key_env`` (http).
+
+        ``kv_reuse`` (hf backend): ``none``, ``full``, ``block`` or ``sink``
+        (see ``engine/passage_kv_reuse.py``); ``kv_options``: ``sink_tokens``,
+        ``memory_bytes``, ``directory`` (the on-disk tier), ``shift``."""
+        from ragline.engine.passage_kv_reuse import KV_REUSE_MODES
+
         if backend not in BACKENDS:
             raise ConfigError(f"unknown generation backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if kv_reuse not in KV_REUSE_MODES:
+            raise ConfigError(f"kv_reuse must be one of {', '.join(KV_REUSE_MODES)}; got {kv_reuse!r}")
+        if kv_reuse != "none" and backend != "hf":
+            raise ConfigError(f"kv_reuse={kv_reuse!r} runs on the hf backend; the {backend} backend keeps its own "
+                              "prefix cache (vLLM: prefix caching on)")
         if passages < 0:
             raise ConfigError("passages must be >= 0")
         self.backend_name = backend
@@ -51,11 +64,19 @@ class Generate(Stage):
         self.sampling = Sampling(max_new_tokens, temperature, top_p, seed, tuple(stop or ()))
         self.prompts = PromptBuilder(system_prompt, cite, max_passage_chars)
         self.options = dict(options or {})
+        self.kv_reuse = kv_reuse
+        self.kv_options = dict(kv_options or {})
         self.backend: GeneratorBackend | None = None
+        self.reuse = None
 
     def warm_up(self) -> None:
         self.backend = make_backend(self.backend_name, self.model, **self.options)
         self.backend.warm_up()
+        if self.kv_reuse != "none":
+            from ragline.engine.passage_kv_reuse import PassageKVReuse
+
+            self.reuse = PassageKVReuse(self.backend, self.kv_reuse, **self.kv_options)
+            self.reuse.warm_up()
 
     def conversation(self, query: Query) -> list[dict]:
         """The chat messages for ``query``; fills ``query.passages`` with what the prompt shows."""
@@ -65,6 +86,10 @@ class Generate(Stage):
     def run(self, batch: list[Query]) -> list[Query]:
         self.warm_up()
         conversations = [self.conversation(q) for q in batch]
+        if self.reuse is not None:  # one query at a time: each assembles its own cache
+            for query in batch:
+                self._generate_reusing(query)
+            return batch
         for query, generation in zip(batch, self.backend.generate(conversations, self.sampling)):
             self._attach(query, generation)
         return batch
@@ -72,8 +97,22 @@ class Generate(Stage):
     def stream(self, query: Query, on_text: Callable[[str], None]) -> Query:
         """Generate for one query, calling ``on_text`` with each new piece of text."""
         self.warm_up()
-        generation = self.backend.generate_one(self.conversation(query), self.sampling, on_text)
+        conversation = self.conversation(query)
+        if self.reuse is not None:
+            return self._generate_reusing(query, on_text)
+        generation = self.backend.generate_one(conversation, self.sampling, on_text)
         self._attach(query, generation)
+        return query
+
+    def _generate_reusing(self, query: Query, on_text: Callable[[str], None] | None = None) -> Query:
+        if query.context is not None:  # a compressed context is one text: nothing per passage to reuse
+            generation = self.backend.generate_one(self.conversation(query), self.sampling, on_text)
+            self._attach(query, generation)
+            query.note(kv_reuse="skipped: compressed context")
+            return query
+        generation, stats = self.reuse.generate(self.prompts, query.text, query.passages, self.sampling, on_text)
+        self._attach(query, generation)
+        query.note(**stats)
         return query
 
     def _attach(self, query: Query, generation: Generation) -> None:
@@ -97,4 +136,8 @@ class Generate(Stage):
         }
         if self.options:
             config["options"] = dict(self.options)
+        if self.kv_reuse != "none":
+            config["kv_reuse"] = self.kv_reuse
+            if self.kv_options:
+                config["kv_options"] = dict(self.kv_options)
         return config

@@ -60,8 +60,15 @@ class HFGenerator(GeneratorBackend):
         self.warm_up()
         return self._generate_batch([self.prompt_ids(conversation)], sampling, on_text)[0]
 
+    def generate_ids(self, prompt: list[int], sampling: Sampling, on_text: Callable[[str], None] | None = None,
+                     past_key_values=None) -> Generation:
+        """One prompt given as token ids; ``past_key_values`` may already hold
+        its first tokens (the model then runs only the rest)."""
+        self.warm_up()
+        return self._generate_batch([prompt], sampling, on_text, past_key_values)[0]
+
     def _generate_batch(self, prompts: list[list[int]], sampling: Sampling,
-                        on_text: Callable[[str], None] | None = None) -> list[Generation]:
+                        on_text: Callable[[str], None] | None = None, past_key_values=None) -> list[Generation]:
         import torch
 
         self._check_window(prompts, sampling)
@@ -79,6 +86,8 @@ class HFGenerator(GeneratorBackend):
             options.update(temperature=None, top_p=None, top_k=None)
         if sampling.stop:
             options.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        if past_key_values is not None:
+            options["past_key_values"] = past_key_values
         started = time.perf_counter()
         with torch.inference_mode():
             output = self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **options)

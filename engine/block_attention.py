@@ -1,0 +1,132 @@
+"""Block attention: prefill passages once, on their own, and reuse their KV.
+
+A block (a passage, or the shared prefix) is prefilled alone at positions
+0..l−1; its per-layer keys and values are what the cache stores. To answer,
+the blocks are laid one after another: each block's keys are rotated to its
+real offset (``kernels.rope_shift``), values are kept, and only the final
+block (question and instruction) runs through the model, at the positions
+that follow, attending to every cached token. The result equals one forward
+over all the tokens with a block-diagonal mask (each block sees only itself,
+the final block sees everything) and contiguous positions — exactly, for any
+model; whether a model not trained for it answers as well is a separate,
+measured question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ragline.engine.errors import RaglineError
+
+# RoPE variants whose angle is (position × fixed frequency), so that a shift
+# is one more rotation. "dynamic" and "longrope" change their frequencies
+# with the sequence length: a cached key cannot be moved.
+SHIFTABLE_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass
+class BlockKV:
+    """One block's cache: per layer (1, kv_heads, length, head_dim) keys and values."""
+
+    token_ids: tuple[int, ...]  # what identifies it: the block's ids (with its sink's, if it had one)
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[-2]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+def rotary_frequencies(model) -> torch.Tensor:
+    """The model's RoPE frequencies, after refusing what cannot be shifted."""
+    model_type = getattr(model.config, "model_type", type(model).__name__)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise RaglineError(f"block attention does not support {model_type!r} models yet; "
+                           f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    rotary = model.model.rotary_emb
+    rope_type = getattr(rotary, "rope_type", "default")
+    if rope_type not in SHIFTABLE_ROPE_TYPES:
+        raise RaglineError(f"RoPE type {rope_type!r} changes its frequencies with the sequence length; "
+                           f"cached keys cannot be moved (supported: {', '.join(SHIFTABLE_ROPE_TYPES)})")
+    return rotary.inv_freq.detach().float()
+
+
+@torch.inference_mode()
+def prefill_block(model, token_ids: Sequence[int], sink_ids: Sequence[int] = ()) -> BlockKV:
+    """Run one block alone and keep its keys and values. With ``sink_ids`` the
+    block is run after those tokens (an attention sink shared by every block:
+    the block sees them, they are not kept) and its keys are moved back to
+    start at position 0, like a block run alone."""
+    from transformers import DynamicCache
+
+    from ragline.kernels.rope_shift import rope_shift_reference
+
+    if not token_ids:
+        raise RaglineError("an empty block has nothing to cache")
+    sink = len(sink_ids)
+    ids = torch.tensor([list(sink_ids) + list(token_ids)], device=model.device)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    keys = [layer.keys[..., sink:, :] for layer in cache.layers]
+    values = [layer.values[..., sink:, :] for layer in cache.layers]
+    if sink:
+        inv_freq = rotary_frequencies(model)
+        keys = [rope_shift_reference(k, -sink, inv_freq) for k in keys]
+    return BlockKV(tuple(sink_ids) + tuple(token_ids), keys, values)
+
+
+def assemble_cache(model, blocks: Sequence[BlockKV], inv_freq: torch.Tensor | None = None, shift=None):
+    """A ``DynamicCache`` holding ``blocks`` one after another, each block's
+    keys rotated to its offset. ``shift``: the kernel (default: torch reference)."""
+    from transformers import DynamicCache
+
+    from ragline.kernels.rope_shift import rope_shift_reference
+
+    inv_freq = rotary_frequencies(model) if inv_freq is None else inv_freq
+    shift = shift or rope_shift_reference
+    cache = DynamicCache(config=model.config)
+    layers = model.config.num_hidden_layers
+    offsets, position = [], 0
+    for block in blocks:
+        offsets.append(position)
+        position += block.length
+    for layer in range(layers):
+        keys = torch.cat([b.keys[layer] if off == 0 else shift(b.keys[layer], off, inv_freq)
+                          for b, off in zip(blocks, offsets)], dim=-2)
+        values = torch.cat([b.values[layer] for b in blocks], dim=-2)
+        cache.update(keys, values, layer)
+    return cache
+
+
+@torch.inference_mode()
+def final_block_logits(model, cache, final_ids: Sequence[int]) -> torch.Tensor:
+    """Logits (len(final_ids), vocab) of the final block run over an assembled
+    cache, at the positions that follow it. The cache then holds the final
+    block too, ready for decoding."""
+    start = cache.get_seq_length()
+    ids = torch.tensor([list(final_ids)], device=model.device)
+    positions = torch.arange(start, start + len(final_ids), device=model.device)[None]
+    out = model(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True)
+    return out.logits[0].float()
+
+
+@torch.inference_mode()
+def greedy_from_cache(model, cache, final_ids: Sequence[int], max_new_tokens: int,
+                      eos_token_id: int | None = None) -> list[int]:
+    """Greedy decoding after prefilling the final block over ``cache``."""
+    logits = final_block_logits(model, cache, final_ids)
+    generated = [int(logits[-1].argmax())]
+    while len(generated) < max_new_tokens and generated[-1] != eos_token_id:
+        position = cache.get_seq_length()
+        out = model(input_ids=torch.tensor([[generated[-1]]], device=model.device), past_key_values=cache,
+                    position_ids=torch.tensor([[position]], device=model.device), use_cache=True)
+        generated.append(int(out.logits[0, -1].argmax()))
+    return generated

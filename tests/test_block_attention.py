@@ -1,0 +1,252 @@
+"""Block attention is exact: cached blocks laid out with rotated keys give the
+logits (and the greedy answer) of one forward with a block-diagonal mask."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+
+from ragline.engine.block_attention import (
+    assemble_cache,
+    final_block_logits,
+    greedy_from_cache,
+    prefill_block,
+    rotary_frequencies,
+)
+from ragline.engine.errors import ConfigError, RaglineError
+from ragline.kernels.rope_shift import rope_shift_reference
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def tiny_model(kind: str):
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    configs = {
+        "llama": lambda: LlamaConfig(**common),
+        "qwen2": lambda: Qwen2Config(**common),
+        "llama3-scaled": lambda: LlamaConfig(**common, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+        "linear-scaled": lambda: LlamaConfig(**common, rope_parameters={
+            "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
+    }
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(configs[kind](), attn_implementation="sdpa").eval()
+
+
+def block_diagonal_mask(block_lengths, final_length) -> torch.Tensor:
+    """Each block sees itself (causally); the final part sees everything before it."""
+    total = sum(block_lengths) + final_length
+    mask = torch.zeros(total, total, dtype=torch.bool)
+    start = 0
+    for length in block_lengths:
+        mask[start:start + length, start:start + length] = torch.ones(length, length, dtype=torch.bool).tril()
+        start += length
+    mask[start:] = torch.ones(total, total, dtype=torch.bool).tril()[start:]
+    return mask
+
+
+def masked_logits(model, blocks, final):
+    ids = [t for b in blocks for t in b] + list(final)
+    mask = block_diagonal_mask([len(b) for b in blocks], len(final))
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids]), attention_mask=mask[None, None]).logits[0].float()
+
+
+def random_blocks(lengths, vocab=128, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama3-scaled", "linear-scaled"])
+def test_one_cached_block_equals_a_plain_forward(kind):
+    model = tiny_model(kind)
+    block, final = random_blocks([11, 6])
+    logits = final_block_logits(model, assemble_cache(model, [prefill_block(model, block)]), final)
+    with torch.no_grad():
+        plain = model(input_ids=torch.tensor([block + final])).logits[0, len(block):].float()
+    assert (logits - plain).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama3-scaled", "linear-scaled"])
+def test_several_cached_blocks_equal_the_block_diagonal_forward(kind):
+    model = tiny_model(kind)
+    *blocks, final = random_blocks([7, 12, 9, 5, 6])
+    logits = final_block_logits(model, assemble_cache(model, [prefill_block(model, b) for b in blocks]), final)
+    reference = masked_logits(model, blocks, final)[sum(map(len, blocks)):]
+    assert (logits - reference).abs().max() <= 1e-4
+
+
+def test_greedy_generation_from_the_assembled_cache_equals_the_masked_forward():
+    model = tiny_model("llama")
+    *blocks, final = random_blocks([8, 10, 6, 5])
+    generated = greedy_from_cache(model, assemble_cache(model, [prefill_block(model, b) for b in blocks]), final, 8)
+
+    expected, tail = [], list(final)
+    for _ in range(8):  # the masked forward, re-run with each new token appended to the final part
+        expected.append(int(masked_logits(model, blocks, tail)[-1].argmax()))
+        tail.append(expected[-1])
+    assert generated == expected
+
+
+def test_cached_blocks_are_exact_on_smollm2(smollm2_folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
+    texts = ["The Eiffel Tower is in Paris.", " It was finished in 1889 for the World's Fair.",
+             " Gustave Eiffel's company designed it.", "\nQuestion: When was it finished?\nAnswer:"]
+    *blocks, final = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    one = final_block_logits(model, assemble_cache(model, [prefill_block(model, blocks[0])]), final)
+    with torch.no_grad():
+        plain = model(input_ids=torch.tensor([blocks[0] + final])).logits[0, len(blocks[0]):].float()
+    assert (one - plain).abs().max() <= 1e-4
+    several = final_block_logits(model, assemble_cache(model, [prefill_block(model, b) for b in blocks]), final)
+    assert (several - masked_logits(model, blocks, final)[sum(map(len, blocks)):]).abs().max() <= 1e-4
+
+
+def test_shifts_compose_and_match_rope_at_the_new_position():
+    model = tiny_model("llama3-scaled")
+    inv_freq = rotary_frequencies(model)
+    raw = torch.randn(1, 2, 6, 16)
+    rotary = model.model.rotary_emb
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    def at(positions):
+        cos, sin = rotary(raw, torch.tensor([positions]))
+        return apply_rotary_pos_emb(raw, raw, cos, sin)[1]
+
+    assert torch.allclose(rope_shift_reference(at(list(range(6))), 40, inv_freq), at(list(range(40, 46))), atol=1e-5)
+    twice = rope_shift_reference(rope_shift_reference(raw, 5, inv_freq), 9, inv_freq)
+    assert torch.allclose(twice, rope_shift_reference(raw, 14, inv_freq), atol=1e-5)
+
+
+@needs_triton
+def test_triton_shift_equals_the_reference():
+    from ragline.kernels.rope_shift_triton import rope_shift_triton
+
+    keys = torch.randn(2, 3, 17, 24)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 8) / 8))  # 16 of 24 dimensions rotary
+    assert torch.allclose(rope_shift_triton(keys, 123, inv_freq), rope_shift_reference(keys, 123, inv_freq), atol=1e-5)
+
+
+def test_models_and_rope_types_that_cannot_be_shifted_are_refused():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
+    with pytest.raises(RaglineError, match="'gpt2'"):
+        rotary_frequencies(gpt2)
+    dynamic = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, rope_parameters={
+                                               "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}))
+    with pytest.raises(RaglineError, match="'dynamic'"):
+        rotary_frequencies(dynamic)
+    with pytest.raises(RaglineError, match="empty block"):
+        prefill_block(tiny_model("llama"), [])
+
+
+# -- the store --------------------------------------------------------------------------------------
+
+def test_store_evicts_least_recently_used_within_its_byte_budget():
+    from ragline.engine.kv_store import BlockStore
+
+    model = tiny_model("llama")
+    blocks = {i: prefill_block(model, ids) for i, ids in enumerate(random_blocks([8, 8, 8]))}
+    store = BlockStore("tiny", memory_bytes=int(2.5 * blocks[0].nbytes))
+    for i in (0, 1, 0, 2):  # 1 is then the least recently used
+        store.get_or_compute(blocks[i].token_ids, lambda i=i: blocks[i])
+    assert store.stats["evictions"] == 1 and store.stats["memory_hits"] == 1
+    assert store.bytes_held == 2 * blocks[0].nbytes
+    store.get_or_compute(blocks[1].token_ids, lambda: blocks[1])
+    assert store.stats["misses"] == 4
+
+
+def test_disk_tier_survives_a_restart_and_discards_corrupt_or_foreign_entries(tmp_path):
+    from ragline.engine.kv_store import BlockStore, block_key
+
+    model = tiny_model("qwen2")
+    ids = random_blocks([9])[0]
+    block = prefill_block(model, ids)
+    BlockStore("qwen-tiny", directory=tmp_path).get_or_compute(ids, lambda: block)
+
+    restarted = BlockStore("qwen-tiny", directory=tmp_path)
+    again = restarted.get_or_compute(ids, lambda: pytest.fail("should come from disk"))
+    assert restarted.stats["disk_hits"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(again.keys, block.keys))
+
+    other_model = BlockStore("another-model", directory=tmp_path)
+    other_model.get_or_compute(ids, lambda: block)
+    assert other_model.stats["misses"] == 1  # another model id is another key
+
+    path = restarted._path(block_key("qwen-tiny", ids))
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as after a crash mid-copy
+    fresh = BlockStore("qwen-tiny", directory=tmp_path)
+    fresh.get_or_compute(ids, lambda: block)
+    assert fresh.stats["discarded"] == 1 and fresh.stats["misses"] == 1
+
+
+# -- the generate stage -----------------------------------------------------------------------------
+
+def passages():
+    from ragline.engine.types import Passage
+
+    return [Passage("a", "a", "Paris is the capital of France.", "Paris"),
+            Passage("b", "b", "Bananas are yellow.", "Bananas"),
+            Passage("c", "c", "The Seine flows through Paris.", "Seine")]
+
+
+def query(passage_list, text="What is the capital of France?"):
+    from ragline.engine.docstore import MemoryStore
+    from ragline.engine.types import Hit, Query
+
+    store = MemoryStore(passage_list)
+    hits = [Hit(p.id, 1.0, r, "pool", store) for r, p in enumerate(passage_list, 1)]
+    return Query("q", text, hits={"pool": hits}, ranking=hits)
+
+
+def test_generate_stage_in_block_mode_answers_as_the_block_diagonal_forward_and_reuses(tiny_lm):
+    from ragline.engine.block_prompt import block_prompt
+    from ragline.engine.generate import Generate
+    from ragline.engine.pipeline import Pipeline
+
+    stage = Generate(model=tiny_lm, passages=3, max_new_tokens=6, options={"device": "cpu"}, kv_reuse="block")
+    first = Pipeline([stage]).run([query(passages())])[0]
+    note = first.trace[-1].extra
+    assert note["misses"] == 7 and note["memory_hits"] == 0  # prefix + 3 numbers + 3 passages
+    assert note["cache_bytes"] > 0
+
+    # The same passages in another order, for another question: every block is already cached.
+    second = Pipeline([stage]).run([query(passages()[::-1], "Which river flows through Paris?")])[0]
+    assert second.trace[-1].extra["misses"] == 0 and second.trace[-1].extra["memory_hits"] == 7
+
+    prompt = block_prompt(stage.backend.tokenizer, stage.prompts, first.text, first.passages)
+    model = stage.backend.lm
+    pieces = [prompt.prefix] + prompt.blocks
+    expected, tail = [], list(prompt.final)
+    for _ in range(6):
+        expected.append(int(masked_logits(model, pieces, tail)[-1].argmax()))
+        tail.append(expected[-1])
+    answer_ids = stage.backend.tokenizer(first.answer.text, add_special_tokens=False).input_ids
+    assert stage.backend.tokenizer.decode(expected, skip_special_tokens=True).strip() == first.answer.text
+    assert answer_ids  # the tiny model says something
+
+
+def test_sink_mode_runs_and_kv_reuse_is_validated(tiny_lm):
+    from ragline.engine.generate import Generate
+    from ragline.engine.pipeline import Pipeline
+
+    stage = Generate(model=tiny_lm, passages=3, max_new_tokens=4, options={"device": "cpu"}, kv_reuse="sink",
+                     kv_options={"sink_tokens": 4})
+    result = Pipeline([stage]).run([query(passages())])[0]
+    assert result.trace[-1].extra["kv_reuse"] == "sink" and result.answer is not None
+    assert Generate(**stage.to_config()).to_config() == stage.to_config()
+    with pytest.raises(ConfigError, match="kv_reuse must be one of"):
+        Generate(kv_reuse="sometimes")
+    with pytest.raises(ConfigError, match="hf backend"):
+        Generate(backend="http", kv_reuse="block")
