@@ -39,6 +39,7 @@ class Generate(Stage):
         options: dict[str, Any] | None = None,
         kv_reuse: str = "none",
         kv_options: dict[str, Any] | None = None,
+        stable_prefix: bool = False,
     ):
         """``options`` go to the backend: ``device``, ``dtype``, ``batch_size`` (hf);
         ``gpu_memory_utilization``, ``max_model_len`` (vllm); ``url``, ``timeout``,
@@ -46,7 +47,12 @@ class Generate(Stage):
 
         ``kv_reuse`` (hf backend): ``none``, ``full``, ``block`` or ``sink``
         (see ``engine/passage_kv_reuse.py``); ``kv_options``: ``sink_tokens``,
-        ``memory_bytes``, ``directory`` (the on-disk tier), ``shift``."""
+        ``memory_bytes``, ``directory`` (the on-disk tier), ``shift``.
+
+        ``stable_prefix``: show the passages in a canonical order (by id)
+        instead of rank order, so that prompts over the same passages share
+        a prefix and a server's prefix cache (vLLM) hits; it undoes any
+        reordering stage."""
         from ragline.engine.passage_kv_reuse import KV_REUSE_MODES
 
         if backend not in BACKENDS:
@@ -66,6 +72,7 @@ class Generate(Stage):
         self.options = dict(options or {})
         self.kv_reuse = kv_reuse
         self.kv_options = dict(kv_options or {})
+        self.stable_prefix = stable_prefix
         self.backend: GeneratorBackend | None = None
         self.reuse = None
 
@@ -81,6 +88,8 @@ class Generate(Stage):
     def conversation(self, query: Query) -> list[dict]:
         """The chat messages for ``query``; fills ``query.passages`` with what the prompt shows."""
         query.passages = ranked_passages(query, self.passages) if self.passages else []
+        if self.stable_prefix:
+            query.passages = sorted(query.passages, key=lambda p: p.id)
         return self.prompts.messages(query.text, query.passages, query.context)
 
     def run(self, batch: list[Query]) -> list[Query]:
@@ -136,6 +145,8 @@ class Generate(Stage):
         }
         if self.options:
             config["options"] = dict(self.options)
+        if self.stable_prefix:
+            config["stable_prefix"] = True
         if self.kv_reuse != "none":
             config["kv_reuse"] = self.kv_reuse
             if self.kv_options:

@@ -250,3 +250,13 @@ def test_sink_mode_runs_and_kv_reuse_is_validated(tiny_lm):
         Generate(kv_reuse="sometimes")
     with pytest.raises(ConfigError, match="hf backend"):
         Generate(backend="http", kv_reuse="block")
+
+
+def test_stable_prefix_shows_the_same_passages_in_one_order():
+    from ragline.engine.generate import Generate
+
+    stage = Generate(passages=3, stable_prefix=True)
+    one = stage.conversation(query(passages()))
+    other = stage.conversation(query(passages()[::-1]))
+    assert one == other
+    assert Generate(**stage.to_config()).stable_prefix is True
