@@ -260,3 +260,31 @@ def test_stable_prefix_shows_the_same_passages_in_one_order():
     other = stage.conversation(query(passages()[::-1]))
     assert one == other
     assert Generate(**stage.to_config()).stable_prefix is True
+
+
+def test_store_is_safe_under_concurrent_readers(tmp_path):
+    import threading
+
+    from ragline.engine.kv_store import BlockStore
+
+    model = tiny_model("llama")
+    blocks = [prefill_block(model, ids) for ids in random_blocks([6, 7, 8, 9])]
+    store = BlockStore("tiny", memory_bytes=3 * blocks[0].nbytes, directory=tmp_path)
+    failures = []
+
+    def reader(offset: int) -> None:
+        try:
+            for step in range(40):
+                block = blocks[(step + offset) % 4]
+                got = store.get_or_compute(block.token_ids, lambda b=block: b)
+                assert got.token_ids == block.token_ids and got.length == block.length
+        except Exception as err:  # collected: an assertion in a thread would not fail the test
+            failures.append(err)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert store.bytes_held <= 3 * blocks[0].nbytes + blocks[-1].nbytes
