@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/probe.py
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/reorder.py
+	$(BIN)/python benchmarks/kv_reuse.py
 
 # all-mpnet-base-v2 ships as a zip split over five packages (~470 MB); only the
 # PosIR benchmark uses it, so it is not part of the default setup.
