@@ -14,7 +14,6 @@ must match the proxy the stage runs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from ragline.compressors.attention_features import PROMPT_LAYOUT, AttentionFeatures
 from ragline.compressors.base import SentenceCompressor
 from ragline.compressors.sentences import SentenceUnit
-from ragline.engine.atomic import atomic_write_text
+from ragline.engine.artifacts import read_artifact, write_artifact
 from ragline.engine.causal_lm import DEFAULT_GENERATOR, canonical_lm_id
 from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.types import Passage
@@ -61,19 +60,11 @@ class SentinelProbe:
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps({"format": ARTIFACT_FORMAT, **asdict(self)}, indent=1))
+        write_artifact(path, ARTIFACT_FORMAT, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> SentinelProbe:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{path}: no Sentinel probe here (make one with 'ragline train sentinel')") from None
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{err.lineno}: not a Sentinel probe (invalid JSON: {err.msg})") from None
-        if not isinstance(data, dict) or data.pop("format", None) != ARTIFACT_FORMAT:
-            raise InputError(f"{path}: not a Sentinel probe (expected format {ARTIFACT_FORMAT!r})")
+        data = read_artifact(path, ARTIFACT_FORMAT, "Sentinel probe", "ragline train sentinel")
         try:
             probe = cls(**data)
         except TypeError as err:

@@ -14,14 +14,13 @@ linearly interpolated over relative slot position (slot i of n sits at
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ragline.engine.atomic import atomic_write_text
+from ragline.engine.artifacts import read_artifact, write_artifact
 from ragline.engine.causal_lm import DEFAULT_GENERATOR, canonical_lm_id
 from ragline.engine.docstore import ranked_passages
 from ragline.engine.errors import ConfigError, InputError
@@ -51,19 +50,11 @@ class AttentionProfile:
         return np.interp((np.arange(n) + 0.5) / n, centres, values)
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps({"format": PROFILE_FORMAT, **asdict(self)}, indent=1))
+        write_artifact(path, PROFILE_FORMAT, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> AttentionProfile:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{path}: no AttnRank profile here (make one with 'ragline calibrate attnrank')") from None
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{err.lineno}: not an AttnRank profile (invalid JSON: {err.msg})") from None
-        if not isinstance(data, dict) or data.pop("format", None) != PROFILE_FORMAT:
-            raise InputError(f"{path}: not an AttnRank profile (expected format {PROFILE_FORMAT!r})")
+        data = read_artifact(path, PROFILE_FORMAT, "AttnRank profile", "ragline calibrate attnrank")
         try:
             profile = cls(**data)
         except TypeError as err:

@@ -1,0 +1,31 @@
+"""Small JSON artifacts that stages load (a Sentinel probe, an AttnRank
+profile): written atomically with a format tag, read back with errors that
+say which file is wrong and how to make a right one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ragline.engine.atomic import atomic_write_text
+from ragline.engine.errors import InputError
+
+
+def write_artifact(path: str | Path, format_tag: str, fields: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps({"format": format_tag, **fields}, indent=1))
+
+
+def read_artifact(path: str | Path, format_tag: str, what: str, how_to_make: str) -> dict[str, Any]:
+    """The artifact's fields (without the tag). ``what`` names it in errors
+    ("Sentinel probe"); ``how_to_make`` is the command that writes one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no {what} here (make one with '{how_to_make}')") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}:{err.lineno}: not a {what} (invalid JSON: {err.msg})") from None
+    if not isinstance(data, dict) or data.pop("format", None) != format_tag:
+        raise InputError(f"{path}: not a {what} (expected format {format_tag!r})")
+    return data
