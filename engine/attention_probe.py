@@ -136,7 +136,9 @@ class AttentionProbe:
     def _kernel(self, device: torch.device):
         backend = self.backend
         if backend == "auto":
-            backend = "triton" if device.type == "cuda" and _triton_installed() else "torch"
+            from ragline.kernels.triton_runtime import prefer_triton
+
+            backend = "triton" if prefer_triton(device) else "torch"
         if backend == "triton":
             from ragline.kernels.span_attention_triton import span_attention_triton
             return lambda *args, key_chunk, **kw: span_attention_triton(*args, **kw)
@@ -212,9 +214,3 @@ def _probing_implementation(original: str) -> str:
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
     _REGISTERED.add(name)
     return name
-
-
-def _triton_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None

@@ -97,9 +97,9 @@ class PassageKVReuse:
 
 def _shift_kernel(name: str, device):
     if name == "auto":
-        import importlib.util
+        from ragline.kernels.triton_runtime import prefer_triton
 
-        name = "triton" if device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
+        name = "triton" if prefer_triton(device) else "torch"
     if name == "triton":
         from ragline.kernels.rope_shift_triton import rope_shift_triton
 

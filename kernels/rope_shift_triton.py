@@ -10,18 +10,16 @@ Triton interpreter (``TRITON_INTERPRET=1`` before triton is imported).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from ragline.engine.errors import MissingDependency, RaglineError
+from ragline.kernels.triton_runtime import check_runnable, import_triton
+
+PURPOSE = "the Triton RoPE shift"
 
 
 def rope_shift_triton(keys: torch.Tensor, shift: int, inv_freq: torch.Tensor) -> torch.Tensor:
     kernel = _compiled_kernel()
-    if keys.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RaglineError("the Triton RoPE shift needs a CUDA device, or TRITON_INTERPRET=1 set before "
-                           "triton is imported to run it on the CPU; use the torch reference otherwise")
+    check_runnable(keys.device, PURPOSE, "use the torch reference otherwise")
     head_dim = keys.shape[-1]
     half = inv_freq.shape[0]
     if 2 * half > head_dim:
@@ -44,11 +42,7 @@ def _compiled_kernel():
     global _KERNEL
     if _KERNEL is not None:
         return _KERNEL
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        raise MissingDependency("the Triton RoPE shift needs the 'triton' package (pip install triton)") from None
+    triton, tl = import_triton(PURPOSE)
 
     @triton.jit
     def rope_shift_kernel(keys_ptr, out_ptr, inv_freq_ptr, shift, head_dim, half,

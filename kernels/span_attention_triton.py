@@ -14,20 +14,18 @@ must be set before ``triton`` is first imported.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from ragline.engine.errors import MissingDependency, RaglineError
+from ragline.kernels.triton_runtime import check_runnable, import_triton
+
+PURPOSE = "the Triton probe"
 
 
 def span_attention_triton(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor,
                           span_ids: torch.Tensor, num_spans: int, scaling: float,
                           softcap: float | None = None, block_keys: int = 64) -> torch.Tensor:
     kernel = _compiled_kernel()
-    if query.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RaglineError("the Triton probe needs a CUDA device, or TRITON_INTERPRET=1 set before "
-                           "triton is imported to run it on the CPU; use backend='torch' otherwise")
+    check_runnable(query.device, PURPOSE, "use backend='torch' otherwise")
     batch, q_heads, rows, head_dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     if q_heads % kv_heads:
@@ -57,11 +55,7 @@ def _compiled_kernel():
     global _KERNEL
     if _KERNEL is not None:
         return _KERNEL
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        raise MissingDependency("the Triton probe needs the 'triton' package (pip install triton)") from None
+    triton, tl = import_triton(PURPOSE)
 
     @triton.jit
     def span_attention_kernel(
