@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ragline.compressors.sentences import SentenceUnit
+from ragline.compressors.sentences import SentenceUnit, pack_in_order
 from ragline.engine.attention_probe import AttentionProbe
 from ragline.engine.types import Passage
 
@@ -58,16 +58,8 @@ class AttentionFeatures:
 
     def _chunks(self, units: Sequence[SentenceUnit]) -> list[list[int]]:
         lengths = [len(ids) for ids in self.tokenizer([u.text for u in units], add_special_tokens=False).input_ids]
-        chunks: list[list[int]] = [[]]
-        used = 0
-        for index, (unit, length) in enumerate(zip(units, lengths)):
-            # Titles, separators and the question ride on top: a margin of ~10%.
-            if chunks[-1] and used + length > 0.9 * self.max_context_tokens:
-                chunks.append([])
-                used = 0
-            chunks[-1].append(index)
-            used += length
-        return [c for c in chunks if c]
+        # Titles, separators and the question ride on top: a margin of ~10%.
+        return pack_in_order(lengths, 0.9 * self.max_context_tokens)
 
     def _read(self, question: str, passages: Sequence[Passage], units: Sequence[SentenceUnit]) -> np.ndarray:
         text, char_ranges = _layout(question, passages, units)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ragline.compressors.base import SentenceCompressor
-from ragline.compressors.sentences import SentenceUnit
+from ragline.compressors.sentences import SentenceUnit, pack_in_order
 from ragline.engine.attention_probe import AttentionProbe
 from ragline.engine.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.errors import ConfigError
@@ -104,14 +104,7 @@ class AttentionRAG(SentenceCompressor):
 
     def _chunks(self, units: Sequence[SentenceUnit], chunk_tokens: int) -> list[list[int]]:
         lengths = [len(ids) for ids in self._tokenizer_lm([u.text for u in units], add_special_tokens=False).input_ids]
-        chunks, used = [[]], 0
-        for index, length in enumerate(lengths):
-            if chunks[-1] and used + length > chunk_tokens:
-                chunks.append([])
-                used = 0
-            chunks[-1].append(index)
-            used += length
-        return chunks
+        return pack_in_order(lengths, chunk_tokens)
 
     def _score_chunk(self, question: str, cue: str, units: Sequence[SentenceUnit]) -> list[float]:
         """Per unit: its best token's attention (× chunk tokens), or its best

@@ -54,6 +54,20 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int] | None:
     return (start, end) if end > start else None
 
 
+def pack_in_order(lengths: Sequence[int], limit: float) -> list[list[int]]:
+    """Indices of consecutive items grouped so that each group's lengths sum
+    to at most ``limit`` (an item longer than the limit gets a group alone)."""
+    chunks: list[list[int]] = []
+    used = 0
+    for index, length in enumerate(lengths):
+        if not chunks or (chunks[-1] and used + length > limit):
+            chunks.append([])
+            used = 0
+        chunks[-1].append(index)
+        used += length
+    return chunks
+
+
 @dataclass(frozen=True)
 class SentenceUnit:
     passage: int  # index into the passages given to the compressor

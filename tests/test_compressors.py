@@ -213,3 +213,10 @@ def test_train_sentinel_command_reports_held_out_auc(tiny_lm, hotpotqa_path, tmp
     assert result.returncode == 0, result.stderr
     assert "held out: 3 questions, AUC" in " ".join(result.stdout.split())  # rich wraps long lines
     assert json.loads(out.read_text())["training"]["test_questions"] == 3
+
+
+def test_packing_keeps_order_and_gives_an_overlong_item_its_own_chunk():
+    from ragline.compressors.sentences import pack_in_order
+
+    assert pack_in_order([3, 3, 3, 10, 1], 6) == [[0, 1], [2], [3], [4]]
+    assert pack_in_order([], 5) == []
