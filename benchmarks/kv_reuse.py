@@ -56,21 +56,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from ragline.engine.docstore import MemoryStore
+    from ragline.engine.docstore import query_over
     from ragline.engine.generate import Generate
     from ragline.engine.hotpotqa import read_hotpotqa, split_by_question
     from ragline.engine.pipeline import Pipeline
-    from ragline.engine.types import Hit, Query
     from ragline.eval.qa import evaluate_qa
 
     questions = read_hotpotqa(args.data)
     train, test = split_by_question(questions, 0.3, seed=0)
     figures: dict = {}
 
-    def query_for(text, passages, qid="q"):
-        store = MemoryStore(passages)
-        hits = [Hit(p.id, 0.0, r, "pool", store) for r, p in enumerate(passages, 1)]
-        return Query(qid, text, hits={"pool": hits}, ranking=hits)
+    def query_for(text, passages):
+        return query_over("q", text, passages)
 
     def stage(mode: str, passages: int, max_new_tokens: int = 1, **kv) -> Generate:
         return Generate(passages=passages, max_new_tokens=max_new_tokens, cite=False, stop=["\n"],

@@ -57,8 +57,7 @@ def main() -> None:
     from ragline.engine.prompts import PromptBuilder, strip_citations
     from ragline.engine.types import Passage, Query
     from ragline.eval.qa import exact_match, f1_score
-    from ragline.engine.docstore import MemoryStore
-    from ragline.engine.types import Hit
+    from ragline.engine.docstore import query_over
     from ragline.rerankers.attention_sort import AttentionSort
     from ragline.rerankers.attnrank import AttnRank
     from ragline.rerankers.attnrank_calibration import calibrate, plot_profile
@@ -87,9 +86,7 @@ def main() -> None:
     encoder = load_sentence_encoder("all-MiniLM-L6-v2", "cpu")
 
     def as_query(question, passages) -> Query:
-        store = MemoryStore(passages)
-        hits = [Hit(p.id, 0.0, rank, "pool", store) for rank, p in enumerate(passages, 1)]
-        return Query(question.id, question.question, hits={"pool": hits}, ranking=hits)
+        return query_over(question.id, question.question, passages)
 
     def answer(question, passages) -> tuple[float, float]:
         generate.warm_up()

@@ -159,3 +159,11 @@ class MemoryStore:
 
     def doc_ids(self, ids: Iterable[str]) -> dict[str, str]:
         return {pid: p.doc_id for pid, p in self.get(ids).items()}
+
+
+def query_over(query_id: str, text: str, passages: Sequence[Passage]) -> Query:
+    """A query whose candidates are given, in this order (source ``pool``,
+    no scores): for evaluations and stages that work on a fixed set."""
+    store = MemoryStore(passages)
+    hits = [Hit(p.id, 0.0, rank, "pool", store) for rank, p in enumerate(passages, 1)]
+    return Query(query_id, text, hits={"pool": hits}, ranking=hits)

@@ -29,11 +29,11 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from ragline.engine.docstore import MemoryStore, fetch_passages
+from ragline.engine.docstore import fetch_passages, query_over
 from ragline.engine.errors import ConfigError
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.prompts import strip_citations
-from ragline.engine.types import Hit, Passage, Query
+from ragline.engine.types import Passage, Query
 from ragline.engine.hotpotqa import HotpotQuestion
 
 SETTINGS = ("distractor", "gold", "open")
@@ -80,9 +80,7 @@ def candidate_pool(question: HotpotQuestion, gold_only: bool = False) -> Query:
     gold = set(question.gold_titles)
     passages = [Passage(f"{question.id}/{i}", p.title, p.text, p.title, 0, len(p.text))
                 for i, p in enumerate(question.paragraphs) if not gold_only or p.title in gold]
-    store = MemoryStore(passages)
-    hits = [Hit(p.id, 0.0, rank, "pool", store) for rank, p in enumerate(passages, 1)]
-    return Query(question.id, question.question, hits={"pool": hits}, ranking=hits)
+    return query_over(question.id, question.question, passages)
 
 
 def evaluate_qa(questions: Sequence[HotpotQuestion], pipeline: Pipeline | None, setting: str = "distractor",

@@ -202,12 +202,9 @@ def passages():
 
 
 def query(passage_list, text="What is the capital of France?"):
-    from ragline.engine.docstore import MemoryStore
-    from ragline.engine.types import Hit, Query
+    from ragline.engine.docstore import query_over
 
-    store = MemoryStore(passage_list)
-    hits = [Hit(p.id, 1.0, r, "pool", store) for r, p in enumerate(passage_list, 1)]
-    return Query("q", text, hits={"pool": hits}, ranking=hits)
+    return query_over("q", text, passage_list)
 
 
 def test_generate_stage_in_block_mode_answers_as_the_block_diagonal_forward_and_reuses(tiny_lm):

@@ -11,6 +11,7 @@ import pytest
 from ragline.compressors.baselines import EmbeddingSentences, LeadingSentences, RandomSentences
 from ragline.compressors.sentences import sentence_units, split_sentences
 from ragline.engine.errors import ConfigError, InputError
+from ragline.engine.docstore import query_over
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.types import Passage, Query
 
@@ -40,12 +41,7 @@ def passages() -> list[Passage]:
 
 
 def query_with(passage_list) -> Query:
-    from ragline.engine.docstore import MemoryStore
-    from ragline.engine.types import Hit
-
-    store = MemoryStore(passage_list)
-    hits = [Hit(p.id, 1.0, rank, "pool", store) for rank, p in enumerate(passage_list, 1)]
-    return Query("q1", "What is the capital of France?", hits={"pool": hits}, ranking=hits)
+    return query_over("q1", "What is the capital of France?", passage_list)
 
 
 def test_selection_is_greedy_within_the_budget_and_keeps_original_order():

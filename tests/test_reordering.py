@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from ragline.engine.errors import ConfigError, InputError
+from ragline.engine.docstore import query_over
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.prompts import PromptBuilder
-from ragline.engine.types import Hit, Passage, Query
+from ragline.engine.types import Passage, Query
 from ragline.rerankers.attnrank import AttentionProfile, AttnRank, basin_order
 
 
@@ -23,11 +24,7 @@ def five_passages() -> list[Passage]:
 
 
 def query_with(passages) -> Query:
-    from ragline.engine.docstore import MemoryStore
-
-    store = MemoryStore(passages)
-    hits = [Hit(p.id, 1.0 / rank, rank, "pool", store) for rank, p in enumerate(passages, 1)]
-    return Query("q", "What is the capital of France?", hits={"pool": hits}, ranking=hits)
+    return query_over("q", "What is the capital of France?", passages)
 
 
 @pytest.fixture(scope="module")
