@@ -96,8 +96,8 @@ class Generate(Stage):
         self.warm_up()
         conversations = [self.conversation(q) for q in batch]
         if self.reuse is not None:  # one query at a time: each assembles its own cache
-            for query in batch:
-                self._generate_reusing(query)
+            for query, conversation in zip(batch, conversations):
+                self._generate_reusing(query, conversation)
             return batch
         for query, generation in zip(batch, self.backend.generate(conversations, self.sampling)):
             self._attach(query, generation)
@@ -108,14 +108,15 @@ class Generate(Stage):
         self.warm_up()
         conversation = self.conversation(query)
         if self.reuse is not None:
-            return self._generate_reusing(query, on_text)
+            return self._generate_reusing(query, conversation, on_text)
         generation = self.backend.generate_one(conversation, self.sampling, on_text)
         self._attach(query, generation)
         return query
 
-    def _generate_reusing(self, query: Query, on_text: Callable[[str], None] | None = None) -> Query:
+    def _generate_reusing(self, query: Query, conversation: list[dict],
+                          on_text: Callable[[str], None] | None = None) -> Query:
         if query.context is not None:  # a compressed context is one text: nothing per passage to reuse
-            generation = self.backend.generate_one(self.conversation(query), self.sampling, on_text)
+            generation = self.backend.generate_one(conversation, self.sampling, on_text)
             self._attach(query, generation)
             query.note(kv_reuse="skipped: compressed context")
             return query

@@ -285,3 +285,15 @@ def test_store_is_safe_under_concurrent_readers(tmp_path):
         thread.join()
     assert not failures
     assert store.bytes_held <= 3 * blocks[0].nbytes + blocks[-1].nbytes
+
+
+def test_a_compressed_context_is_answered_without_reuse(tiny_lm):
+    from ragline.engine.generate import Generate
+    from ragline.engine.pipeline import Pipeline
+
+    compressed = query(passages())
+    compressed.context = "[1] Paris\nParis is the capital of France."
+    stage = Generate(model=tiny_lm, passages=3, max_new_tokens=3, options={"device": "cpu"}, kv_reuse="block")
+    result = Pipeline([stage]).run([compressed])[0]
+    assert result.trace[-1].extra["kv_reuse"] == "skipped: compressed context"
+    assert result.answer is not None and stage.reuse.store.stats["misses"] == 0
