@@ -32,6 +32,7 @@ from ragline.compressors.sentences import SentenceUnit, pack_in_order
 from ragline.engine.attention_probe import AttentionProbe
 from ragline.engine.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.errors import ConfigError
+from ragline.engine.stage import changed_settings
 from ragline.engine.types import Passage
 
 GENERIC_CUE = "The answer is"
@@ -164,9 +165,5 @@ class AttentionRAG(SentenceCompressor):
                                   "read": self.read, "drop_none": self.drop_none}
         if self.top_k is not None:
             config["top_k"] = self.top_k
-        for name in ("device",):
-            if getattr(self, name) is not None:
-                config[name] = getattr(self, name)
-        if self.backend != "auto":
-            config["backend"] = self.backend
+        config.update(changed_settings(self, {"device": None, "backend": "auto"}))
         return config

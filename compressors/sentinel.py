@@ -27,6 +27,7 @@ from ragline.compressors.sentences import SentenceUnit
 from ragline.engine.artifacts import read_artifact, write_artifact
 from ragline.engine.causal_lm import DEFAULT_GENERATOR, canonical_lm_id
 from ragline.engine.errors import ConfigError, InputError
+from ragline.engine.stage import changed_settings
 from ragline.engine.types import Passage
 
 ARTIFACT_FORMAT = "ragline-sentinel/1"
@@ -118,9 +119,5 @@ class Sentinel(SentenceCompressor):
 
     def method_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"probe": self.probe_path, "max_context_tokens": self.max_context_tokens}
-        for name in ("proxy", "device"):
-            if getattr(self, name) is not None:
-                config[name] = getattr(self, name)
-        if self.backend != "auto":
-            config["backend"] = self.backend
+        config.update(changed_settings(self, {"proxy": None, "device": None, "backend": "auto"}))
         return config

@@ -49,6 +49,12 @@ class Stage(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
+def changed_settings(stage: Stage, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The stage's attributes named in ``defaults`` whose values differ from
+    them: the optional part of a ``to_config`` (YAML keeps only what was set)."""
+    return {name: getattr(stage, name) for name, default in defaults.items() if getattr(stage, name) != default}
+
+
 def _once(warm_up):
     @functools.wraps(warm_up)
     def wrapper(self) -> None:

@@ -17,7 +17,7 @@ from ragline.engine.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.docstore import ranked_passages
 from ragline.engine.errors import ConfigError
 from ragline.engine.prompts import PromptBuilder
-from ragline.engine.stage import Stage
+from ragline.engine.stage import Stage, changed_settings
 from ragline.engine.types import Query
 
 
@@ -66,9 +66,5 @@ class AttentionSort(Stage):
                                   "per_token": self.per_token, "cite": self.builder.cite}
         if self.builder.system_prompt is not None:
             config["system_prompt"] = self.builder.system_prompt
-        for name in ("device",):
-            if getattr(self, name) is not None:
-                config[name] = getattr(self, name)
-        if self.backend != "auto":
-            config["backend"] = self.backend
+        config.update(changed_settings(self, {"device": None, "backend": "auto"}))
         return config

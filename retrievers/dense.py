@@ -18,6 +18,7 @@ from ragline.engine.errors import EncoderMismatch, RaglineError
 from ragline.engine.index_dir import IndexDir
 from ragline.engine.models import DEFAULT_ENCODER, canonical_model_id, encode_texts, load_sentence_encoder
 from ragline.engine.retriever import Retriever
+from ragline.engine.stage import changed_settings
 from ragline.engine.types import Passage
 from ragline.retrievers.faiss_index import build_faiss_index, import_faiss, maybe_to_gpu, set_search_params
 
@@ -141,7 +142,6 @@ class Dense(Retriever):
 
     def to_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"index": self.index, "k": self.k}
-        for key, default in (("encoder", None), ("batch_size", 64), ("device", None), ("nprobe", 16), ("ef_search", 128), ("gpu", "auto")):
-            if getattr(self, key) != default:
-                config[key] = getattr(self, key)
+        config.update(changed_settings(self, {"encoder": None, "batch_size": 64, "device": None, "nprobe": 16,
+                                              "ef_search": 128, "gpu": "auto"}))
         return config
