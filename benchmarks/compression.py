@@ -59,10 +59,10 @@ def main() -> None:
     from ragline.compressors.baselines import EmbeddingSentences, LeadingSentences, RandomSentences
     from ragline.compressors.sentinel import Sentinel
     from ragline.compressors.sentinel_training import train_sentinel
-    from ragline.engine.generate import Generate
-    from ragline.engine.hotpotqa import read_hotpotqa, split_by_question
+    from ragline.engine.data.hotpotqa import read_hotpotqa, split_by_question
     from ragline.engine.pipeline import Pipeline
     from ragline.eval.qa import evaluate_qa
+    from ragline.generators.generate import Generate
 
     questions = [q for q in read_hotpotqa(args.data) if q.supporting]
     train, held_out = split_by_question(questions, 0.3, seed=0)

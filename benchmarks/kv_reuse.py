@@ -56,11 +56,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from ragline.engine.docstore import query_over
-    from ragline.engine.generate import Generate
-    from ragline.engine.hotpotqa import read_hotpotqa, split_by_question
+    from ragline.engine.data.hotpotqa import read_hotpotqa, split_by_question
+    from ragline.engine.index.docstore import query_over
     from ragline.engine.pipeline import Pipeline
     from ragline.eval.qa import evaluate_qa
+    from ragline.generators.generate import Generate
 
     questions = read_hotpotqa(args.data)
     train, test = split_by_question(questions, 0.3, seed=0)

@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
 
-    from ragline.engine.models import packaged_model_path
+    from ragline.engine.lm.packaged import packaged_model_path
     from ragline.eval.posir import evaluate_posir
     from ragline.eval.posir_build import build_posir
     from ragline.eval.posir_plot import plot_position_bias

@@ -27,11 +27,11 @@ def measure(method: str, length: int, repeats: int, backend: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ragline.engine.attention_probe import AttentionProbe
-    from ragline.engine.causal_lm import resolve_lm_source
+    from ragline.engine.lm.attention_probe import AttentionProbe
+    from ragline.engine.lm.packaged import resolve_model_source
 
     torch.manual_seed(0)
-    folder = resolve_lm_source("SmolLM2-135M-Instruct")
+    folder = resolve_model_source("SmolLM2-135M-Instruct")
     implementation = "eager" if method == "eager" else "sdpa"
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=implementation).eval()
     probe = AttentionProbe(model, backend=backend)

@@ -38,12 +38,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
 
-    from ragline.engine.generate import Generate
-    from ragline.engine.hotpotqa import paragraph_corpus, read_hotpotqa, split_by_question
-    from ragline.engine.indexing import build_index
+    from ragline.engine.data.hotpotqa import paragraph_corpus, read_hotpotqa, split_by_question
+    from ragline.engine.index.build import build_index
     from ragline.engine.pipeline import Pipeline
     from ragline.eval.qa import evaluate_qa
     from ragline.eval.report import write_jsonl
+    from ragline.generators.generate import Generate
     from ragline.rerankers.cross_encoder import CrossEncoderRerank
     from ragline.retrievers.bm25 import BM25
 

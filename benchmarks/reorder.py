@@ -50,14 +50,14 @@ def main() -> None:
 
     import numpy as np
 
-    from ragline.engine.causal_lm import load_causal_lm
-    from ragline.engine.generate import Generate
-    from ragline.engine.hotpotqa import read_hotpotqa, split_by_question
-    from ragline.engine.models import encode_texts, load_sentence_encoder
-    from ragline.engine.prompts import PromptBuilder, strip_citations
+    from ragline.engine.data.hotpotqa import read_hotpotqa, split_by_question
+    from ragline.engine.index.docstore import query_over
+    from ragline.engine.lm.causal_lm import load_causal_lm
+    from ragline.engine.lm.encoders import encode_texts, load_sentence_encoder
+    from ragline.engine.lm.prompts import PromptBuilder, strip_citations
     from ragline.engine.types import Passage, Query
     from ragline.eval.qa import exact_match, f1_score
-    from ragline.engine.docstore import query_over
+    from ragline.generators.generate import Generate
     from ragline.rerankers.attention_sort import AttentionSort
     from ragline.rerankers.attnrank import AttnRank
     from ragline.rerankers.attnrank_calibration import calibrate, plot_profile

@@ -35,7 +35,7 @@ METRICS = ("ndcg_cut_10", "recall_2", "recall_10", "recip_rank")
 
 def gold_qrels(questions) -> dict[str, dict[str, int]]:
     """Gold paragraphs that exist in the file; questions with none are left out."""
-    from ragline.engine.hotpotqa import paragraph_id
+    from ragline.engine.data.hotpotqa import paragraph_id
 
     qrels = {}
     for q in questions:
@@ -61,16 +61,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from ragline.engine.hotpotqa import paragraph_corpus, read_hotpotqa, split_by_question
-    from ragline.engine.indexing import build_index
+    from ragline.engine.data.hotpotqa import paragraph_corpus, read_hotpotqa, split_by_question
+    from ragline.engine.index.build import build_index
     from ragline.engine.pipeline import Pipeline
-    from ragline.engine.retrieval import fold_to_documents
+    from ragline.engine.retrieval_pipeline import fold_to_documents
     from ragline.engine.types import Query
     from ragline.eval.metrics import mean_scores
     from ragline.eval.report import write_jsonl
     from ragline.rerankers.cross_encoder import CrossEncoderRerank
     from ragline.rerankers.cross_encoder_training import (
-        TrainingSettings, pairs_from_hotpotqa, pairs_from_qrels, train_cross_encoder)
+        TrainingSettings,
+        pairs_from_hotpotqa,
+        pairs_from_qrels,
+        train_cross_encoder,
+    )
     from ragline.retrievers.bm25 import BM25
     from ragline.retrievers.dense import Dense
     from ragline.retrievers.fusion import Fuse

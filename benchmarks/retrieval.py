@@ -66,7 +66,7 @@ def build_in_child(corpus: Path, out: Path, components: dict) -> tuple[float, fl
     """Build an index in a fresh process (the JVM and the encoder live inside
     it); return (seconds, the child's own peak RSS in MiB)."""
     code = (
-        "import json, resource, sys; from ragline.engine.indexing import build_index; "
+        "import json, resource, sys; from ragline.engine.index.build import build_index; "
         "build_index(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
@@ -88,9 +88,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="Reuse indexes already in --work (no indexing figures).")
     args = parser.parse_args()
 
-    from ragline.engine.corpus import read_corpus
-    from ragline.engine.retrieval import retrieval_pipeline
-    from ragline.engine.topics import read_qrels, read_topics
+    from ragline.engine.data.corpus import read_corpus
+    from ragline.engine.data.topics import read_qrels, read_topics
+    from ragline.engine.retrieval_pipeline import retrieval_pipeline
     from ragline.engine.types import Query
     from ragline.eval.metrics import mean_scores
 
@@ -121,7 +121,9 @@ def main() -> None:
 
     bm25 = BM25(index, k=1000)
     bm25.warm_up()
-    from pyserini.search.lucene import LuceneSearcher
+    from ragline.retrievers.lucene_runtime import import_pyserini
+
+    LuceneSearcher = import_pyserini("pyserini.search.lucene").LuceneSearcher
 
     raw_searcher = LuceneSearcher(str(Path(index) / "bm25"))
     raw_searcher.set_bm25(0.9, 0.4)
@@ -138,7 +140,7 @@ def main() -> None:
         bm25.k = depth
         timing = side_by_side(
             lambda: bm25.run([Query(str(i), t) for i, t in enumerate(texts)]),
-            lambda: raw_bm25(depth),
+            lambda depth=depth: raw_bm25(depth),
             args.repeats * 2,
         )
         record(figures, f"bm25_k{depth}", timing, len(texts))
@@ -146,7 +148,7 @@ def main() -> None:
     # --- dense: engine stage vs SentenceTransformer + FAISS ------------------------
     import faiss
 
-    from ragline.engine.models import load_sentence_encoder
+    from ragline.engine.lm.encoders import load_sentence_encoder
     from ragline.retrievers.dense import Dense
 
     dense = Dense(index, k=100)

@@ -1,2 +1,2 @@
-"""Context compression stages (Sentinel, AttentionRAG, baselines). Empty until
-those stages land; see the project's open issues."""
+"""Context compression stages: Sentinel, AttentionRAG, and the random, leading
+and embedding-similarity baselines, all choosing sentences under one budget."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ragline.compressors.sentences import SentenceUnit, pack_in_order
-from ragline.engine.attention_probe import AttentionProbe
+from ragline.engine.lm.attention_probe import AttentionProbe
 from ragline.engine.types import Passage
 
 PROMPT_LAYOUT = "ragline-proxy/1: titles, sentences, blank line, 'Question: ...', 'Answer:'; last token probed"

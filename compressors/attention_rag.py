@@ -22,17 +22,16 @@ about to answer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from ragline.compressors.base import SentenceCompressor
 from ragline.compressors.sentences import SentenceUnit, pack_in_order
-from ragline.engine.attention_probe import AttentionProbe
-from ragline.engine.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.errors import ConfigError
-from ragline.engine.stage import changed_settings
+from ragline.engine.lm.attention_probe import AttentionProbe
+from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
+from ragline.engine.settings import PositiveInt
 from ragline.engine.types import Passage
 
 GENERIC_CUE = "The answer is"
@@ -49,8 +48,8 @@ READS = ("predicting", "generated")
 class AttentionRAG(SentenceCompressor):
     name = "attention_rag"
 
-    def __init__(self, model: str = DEFAULT_GENERATOR, cue: str = "generate", chunk_tokens: int = 512,
-                 top_k: int | None = None, read: str = "predicting", drop_none: bool = True,
+    def __init__(self, model: str = DEFAULT_GENERATOR, cue: str = "generate", chunk_tokens: PositiveInt = 512,
+                 top_k: PositiveInt | None = None, read: str = "predicting", drop_none: bool = True,
                  device: str | None = None, backend: str = "auto", **budget):
         if top_k is not None and any(budget.get(k) is not None for k in ("ratio", "budget", "threshold")):
             raise ConfigError("attention_rag: give top_k or a budget (ratio, budget), not both")
@@ -72,7 +71,7 @@ class AttentionRAG(SentenceCompressor):
         self._model = self._tokenizer_lm = self._probe = None
 
     def warm_up(self) -> None:
-        from ragline.engine.causal_lm import load_causal_lm
+        from ragline.engine.lm.causal_lm import load_causal_lm
 
         super().warm_up()
         self._model, self._tokenizer_lm = load_causal_lm(self.model_name, device=self.device, dtype="float32")
@@ -153,17 +152,3 @@ class AttentionRAG(SentenceCompressor):
             else:
                 scores.append(float(scaled[tokens].max()))
         return scores
-
-    def to_config(self) -> dict[str, Any]:
-        config = super().to_config()
-        if self.top_k is not None:
-            config.pop("threshold")  # implied by top_k
-        return config
-
-    def method_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"model": self.model_name, "cue": self.cue, "chunk_tokens": self.chunk_tokens,
-                                  "read": self.read, "drop_none": self.drop_none}
-        if self.top_k is not None:
-            config["top_k"] = self.top_k
-        config.update(changed_settings(self, {"device": None, "backend": "auto"}))
-        return config

@@ -16,20 +16,19 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from ragline.engine.causal_lm import DEFAULT_GENERATOR
-from ragline.engine.docstore import ranked_passages
+from ragline.compressors.sentences import SentenceUnit, render_context, sentence_units
 from ragline.engine.errors import ConfigError
+from ragline.engine.index.docstore import ranked_passages
+from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
+from ragline.engine.settings import Fraction, NonNegativeInt, PositiveInt
 from ragline.engine.stage import Stage
 from ragline.engine.types import Passage, Query
 
-from ragline.compressors.sentences import SentenceUnit, render_context, sentence_units
-
 
 class SentenceCompressor(Stage):
-    def __init__(self, ratio: float | None = None, budget: int | None = None, threshold: float | None = None,
-                 passages: int = 10, tokenizer: str = DEFAULT_GENERATOR):
+    def __init__(self, ratio: Fraction | None = None, budget: NonNegativeInt | None = None, threshold: float | None = None,
+                 passages: PositiveInt = 10, tokenizer: str = DEFAULT_GENERATOR):
         chosen = [name for name, value in (("ratio", ratio), ("budget", budget), ("threshold", threshold))
                   if value is not None]
         if len(chosen) > 1:
@@ -50,17 +49,13 @@ class SentenceCompressor(Stage):
     def score_units(self, question: str, passages: Sequence[Passage], units: Sequence[SentenceUnit]) -> list[float]:
         """One relevance score per sentence unit (higher = keep)."""
 
-    def method_config(self) -> dict[str, Any]:
-        """The method's own options, for ``to_config``."""
-        return {}
-
     # -- shared ------------------------------------------------------------------
     def warm_up(self) -> None:
         from transformers import AutoTokenizer
 
-        from ragline.engine.causal_lm import resolve_lm_source
+        from ragline.engine.lm.packaged import resolve_model_source
 
-        self._tokenizer = AutoTokenizer.from_pretrained(resolve_lm_source(self.tokenizer_name))
+        self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(self.tokenizer_name))
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         self.warm_up()
@@ -97,11 +92,3 @@ class SentenceCompressor(Stage):
                 kept.append(index)
                 used += lengths[index]
         return sorted(kept)
-
-    def to_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"passages": self.passages, "tokenizer": self.tokenizer_name}
-        for name in ("ratio", "budget", "threshold"):
-            if getattr(self, name) is not None:
-                config[name] = getattr(self, name)
-        config.update(self.method_config())
-        return config

@@ -8,11 +8,10 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Sequence
-from typing import Any
 
 from ragline.compressors.base import SentenceCompressor
 from ragline.compressors.sentences import SentenceUnit
-from ragline.engine.models import DEFAULT_ENCODER
+from ragline.engine.lm.encoders import DEFAULT_ENCODER
 from ragline.engine.types import Passage
 
 
@@ -27,10 +26,6 @@ class RandomSentences(SentenceCompressor):
         # Seeded by the question too, so every question gets its own draw and reruns repeat it.
         rng = random.Random(self.seed * 1_000_003 + zlib.crc32(question.encode()))
         return [rng.random() for _ in units]
-
-    def method_config(self) -> dict[str, Any]:
-        return {"seed": self.seed}
-
 
 class LeadingSentences(SentenceCompressor):
     """Truncation: the first sentences of the context, in order, up to the budget."""
@@ -51,7 +46,7 @@ class EmbeddingSentences(SentenceCompressor):
         self._encoder = None
 
     def warm_up(self) -> None:
-        from ragline.engine.models import load_sentence_encoder
+        from ragline.engine.lm.encoders import load_sentence_encoder
 
         super().warm_up()
         self._encoder = load_sentence_encoder(self.model_name, self.device)
@@ -61,6 +56,3 @@ class EmbeddingSentences(SentenceCompressor):
         vectors = self._encoder.encode([question] + [u.text for u in units], normalize_embeddings=True,
                                        convert_to_numpy=True, show_progress_bar=False)
         return (vectors[1:] @ vectors[0]).tolist()
-
-    def method_config(self) -> dict[str, Any]:
-        return {"model": self.model_name, **({"device": self.device} if self.device else {})}

@@ -23,8 +23,8 @@ def train_sentinel_command(
     """Label HotpotQA sentences by supporting facts, read the proxy's attention
     features, fit a logistic-regression probe, report held-out AUC."""
     from ragline.compressors.sentinel_training import train_sentinel
-    from ragline.engine.cli import out as console
-    from ragline.engine.hotpotqa import read_hotpotqa, split_by_question
+    from ragline.engine import terminal
+    from ragline.engine.data.hotpotqa import read_hotpotqa, split_by_question
 
     questions = [q for q in read_hotpotqa(data) if q.supporting]
     train, test = split_by_question(questions, holdout, seed) if holdout else (questions, [])
@@ -35,10 +35,8 @@ def train_sentinel_command(
     if "test_auc" in summary:
         line += (f"; held out: {summary['test_questions']} questions, AUC {summary['test_auc']:.3f} "
                  f"(raw attention {summary['test_auc_raw_attention']:.3f})")
-    console.print(line)
+    terminal.stdout().print(line)
 
 
-def register(app: typer.Typer) -> None:
-    from ragline.engine.cli import train_app
-
-    train_app.command("sentinel")(train_sentinel_command)
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    groups["train"].command("sentinel")(train_sentinel_command)

@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ragline.engine.lm.prompts import passage_block
 from ragline.engine.types import Passage
 
 _BOUNDARY = re.compile(r"""[.!?]["')\]]*\s+(?=["'(\[]?[A-Z0-9])|\n\s*\n""")
@@ -91,6 +92,5 @@ def render_context(passages: Sequence[Passage], units: Sequence[SentenceUnit], k
     blocks = []
     for number, passage in enumerate(passages, 1):
         if number - 1 in kept_by_passage:
-            header = f"[{number}] {passage.title}" if passage.title else f"[{number}]"
-            blocks.append(header + "\n" + " ".join(kept_by_passage[number - 1]))
+            blocks.append(passage_block(number, passage, " ".join(kept_by_passage[number - 1])))
     return "\n\n".join(blocks)

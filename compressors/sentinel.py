@@ -25,9 +25,10 @@ from ragline.compressors.attention_features import PROMPT_LAYOUT, AttentionFeatu
 from ragline.compressors.base import SentenceCompressor
 from ragline.compressors.sentences import SentenceUnit
 from ragline.engine.artifacts import read_artifact, write_artifact
-from ragline.engine.causal_lm import DEFAULT_GENERATOR, canonical_lm_id
 from ragline.engine.errors import ConfigError, InputError
-from ragline.engine.stage import changed_settings
+from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
+from ragline.engine.lm.packaged import canonical_model_id
+from ragline.engine.settings import PositiveInt
 from ragline.engine.types import Passage
 
 ARTIFACT_FORMAT = "ragline-sentinel/1"
@@ -79,7 +80,7 @@ class SentinelProbe:
 class Sentinel(SentenceCompressor):
     name = "sentinel"
 
-    def __init__(self, probe: str | None = None, proxy: str | None = None, max_context_tokens: int = 4096,
+    def __init__(self, probe: str | None = None, proxy: str | None = None, max_context_tokens: PositiveInt = 4096,
                  device: str | None = None, backend: str = "auto", **budget):
         """``probe``: a trained probe file (None = raw attention); ``proxy``:
         the proxy LM (default: the probe's own, else SmolLM2-135M-Instruct)."""
@@ -93,13 +94,13 @@ class Sentinel(SentenceCompressor):
         self.features: AttentionFeatures | None = None
 
     def warm_up(self) -> None:
-        from ragline.engine.causal_lm import load_causal_lm
+        from ragline.engine.lm.causal_lm import load_causal_lm
 
         super().warm_up()
         if self.probe_path is not None:
             self.classifier = SentinelProbe.load(self.probe_path)
         proxy = self.proxy or (self.classifier.proxy if self.classifier else DEFAULT_GENERATOR)
-        if self.classifier is not None and canonical_lm_id(proxy) != canonical_lm_id(self.classifier.proxy):
+        if self.classifier is not None and canonical_model_id(proxy) != canonical_model_id(self.classifier.proxy):
             raise ConfigError(f"the Sentinel probe {self.probe_path} was trained on {self.classifier.proxy}'s "
                               f"attention, not {proxy}'s")
         model, tokenizer = load_causal_lm(proxy, device=self.device, dtype="float32")
@@ -116,8 +117,3 @@ class Sentinel(SentenceCompressor):
         if self.classifier is None:
             return features.mean(axis=1).tolist()
         return self.classifier.probabilities(features).tolist()
-
-    def method_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"probe": self.probe_path, "max_context_tokens": self.max_context_tokens}
-        config.update(changed_settings(self, {"proxy": None, "device": None, "backend": "auto"}))
-        return config

@@ -16,8 +16,8 @@ import numpy as np
 from ragline.compressors.attention_features import AttentionFeatures
 from ragline.compressors.sentences import SentenceUnit
 from ragline.compressors.sentinel import LOG_OFFSET, SentinelProbe
+from ragline.engine.data.hotpotqa import HotpotQuestion, paragraph_passage
 from ragline.engine.errors import InputError
-from ragline.engine.hotpotqa import HotpotQuestion
 from ragline.engine.types import Passage
 
 
@@ -27,7 +27,7 @@ def labelled_units(question: HotpotQuestion) -> tuple[list[Passage], list[Senten
     supporting = set(question.supporting)
     passages, units, labels = [], [], []
     for p_index, paragraph in enumerate(question.paragraphs):
-        text, offset = "", 0
+        text = ""
         for s_index, sentence in enumerate(paragraph.sentences):
             clean = " ".join(sentence.split())
             if not clean:
@@ -38,7 +38,7 @@ def labelled_units(question: HotpotQuestion) -> tuple[list[Passage], list[Senten
             text += clean
             units.append(SentenceUnit(p_index, start, len(text), clean))
             labels.append(int((paragraph.title, s_index) in supporting))
-        passages.append(Passage(f"{question.id}/{p_index}", paragraph.title, text, paragraph.title, 0, len(text)))
+        passages.append(paragraph_passage(question.id, p_index, paragraph, text))
     return passages, units, labels
 
 
@@ -118,14 +118,15 @@ def train_sentinel(questions: Sequence[HotpotQuestion], held_out: Sequence[Hotpo
                    out: str | Path, device: str | None = None, c: float | None = None, progress: bool = False) -> dict:
     """``c``: the logistic regression's inverse regularisation; None chooses it
     by cross-validation over training questions."""
-    from ragline.engine.causal_lm import canonical_lm_id, load_causal_lm
+    from ragline.engine.lm.causal_lm import load_causal_lm
+    from ragline.engine.lm.packaged import canonical_model_id
 
     model, tokenizer = load_causal_lm(proxy, device=device, dtype="float32")
     features = AttentionFeatures(model, tokenizer)
     x, y, groups = extract(questions, features, progress)
     if c is None:
         c = choose_c(log_features(x), y, groups) if len(set(groups)) >= 2 else 1.0
-    probe = fit_probe(x, y, canonical_lm_id(proxy), features.layers, features.heads, c)
+    probe = fit_probe(x, y, canonical_model_id(proxy), features.layers, features.heads, c)
     summary = {"train_questions": len(questions), "train_sentences": int(len(y)), "train_positives": int(y.sum()),
                "train_auc": auc(probe.probabilities(x), y)}
     if held_out:

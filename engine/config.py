@@ -26,11 +26,11 @@ from ragline.engine.registry import STAGES, lookup
 _PIPELINE_KEYS = {"stages", "top_k", "batch_size"}
 
 
-def load_pipeline(path: str | Path, defaults: dict[str, Any] | None = None):
-    """``defaults`` fill parameters a stage accepts but the file leaves out
-    (``ragline ask DIR`` hands every index-reading stage ``index: DIR``)."""
-    from ragline.engine.pipeline import Pipeline
-
+def load_pipeline(path: str | Path, pipeline_class: type, defaults: dict[str, Any] | None = None):
+    """``pipeline_class(stages, **options)`` from the file (``Pipeline.load``
+    passes itself, so this module never imports the pipeline). ``defaults``
+    fill parameters a stage accepts but the file leaves out (``ragline ask
+    DIR`` hands every index-reading stage ``index: DIR``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("pipeline file not found", path=path)
@@ -55,7 +55,7 @@ def load_pipeline(path: str | Path, defaults: dict[str, Any] | None = None):
     stages = [_build_stage(item, path, defaults or {}) for item in stages_node.value]
     options = {k: _plain(v) for k, v in top.items() if k != "stages"}
     try:
-        return Pipeline(stages, **options)
+        return pipeline_class(stages, **options)
     except TypeError as err:
         raise ConfigError(str(err), path=path, line=_line(root)) from None
     except ConfigError as err:

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+
+from ragline.kernels.errors import KernelUnavailable
 
 
 class RaglineError(Exception):
@@ -43,3 +47,17 @@ class EncoderMismatch(RaglineError):
 
 class MissingDependency(RaglineError):
     """An optional dependency needed for what was asked is not installed."""
+
+
+def user_facing_kernel(kernel: Callable) -> Callable:
+    """``kernel`` with ``KernelUnavailable`` (kernels know nothing of ragline's
+    errors) reported as ``MissingDependency``, so the CLI prints one line."""
+
+    @functools.wraps(kernel)
+    def call(*args, **kwargs):
+        try:
+            return kernel(*args, **kwargs)
+        except KernelUnavailable as error:
+            raise MissingDependency(str(error)) from None
+
+    return call

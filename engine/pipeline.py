@@ -7,8 +7,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ragline.engine.docstore import fetch_passages
+from ragline.engine.config import load_pipeline, save_pipeline_config
 from ragline.engine.errors import ConfigError
+from ragline.engine.index.docstore import fetch_passages
 from ragline.engine.stage import Stage
 from ragline.engine.types import Query, StageTrace
 
@@ -17,7 +18,9 @@ class Pipeline:
     """Runs queries through ``stages`` in batches of ``batch_size``.
 
     After the last stage, the top ``top_k`` of each query's ranking get their
-    passage text (unless a stage already filled ``Query.passages``).
+    passage text (unless a stage already filled ``Query.passages``); a hit
+    whose text cannot be found has no passage (and is logged), so readers
+    pair passages with hits by id.
     """
 
     def __init__(self, stages: Sequence[Stage], top_k: int = 10, batch_size: int = 256):
@@ -29,6 +32,7 @@ class Pipeline:
         self.top_k = top_k
         self.batch_size = batch_size
         _check_order(self.stages)
+        _check_generator_prompts(self.stages)
 
     def warm_up(self) -> None:
         for stage in self.stages:
@@ -57,23 +61,21 @@ class Pipeline:
                 q.passages = fetch_passages(q.ranking[: self.top_k])
         return batch
 
-    def to_config(self) -> dict[str, Any]:
+    def to_config(self, with_defaults: bool = False) -> dict[str, Any]:
         return {
             "top_k": self.top_k,
             "batch_size": self.batch_size,
-            "stages": [{stage.name: stage.to_config()} for stage in self.stages],
+            "stages": [{stage.name: stage.to_config(with_defaults)} for stage in self.stages],
         }
 
     def save(self, path: str | Path) -> None:
-        from ragline.engine.config import save_pipeline_config
-
         save_pipeline_config(self.to_config(), path)
 
     @classmethod
-    def load(cls, path: str | Path) -> Pipeline:
-        from ragline.engine.config import load_pipeline
-
-        return load_pipeline(path)
+    def load(cls, path: str | Path, defaults: dict[str, Any] | None = None) -> Pipeline:
+        """The pipeline a YAML file describes; ``defaults`` fill parameters a
+        stage accepts but the file leaves out."""
+        return load_pipeline(path, cls, defaults)
 
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(s) for s in self.stages)
@@ -95,3 +97,25 @@ def _check_order(stages: list[Stage]) -> None:
             )
     if pending > 1:
         raise ConfigError(f"the pipeline ends with {pending} retrievers and no 'fuse' stage")
+
+
+def _check_generator_prompts(stages: list[Stage]) -> None:
+    """Stages that reorder by the generator's attention measure it on the
+    generator's own prompt; a different model, system prompt or citation mode
+    would make them reorder for a prompt that is never generated from."""
+    first: Stage | None = None
+    for stage in stages:
+        settings = stage.generator_prompt()
+        if settings is None:
+            continue
+        if first is None:
+            first = stage
+            continue
+        reference = first.generator_prompt()
+        for key in sorted(settings.keys() & reference.keys()):
+            if settings[key] != reference[key]:
+                raise ConfigError(
+                    f"stage {stage.name!r} uses {key}={settings[key]!r} but stage {first.name!r} uses "
+                    f"{key}={reference[key]!r}: stages that share the generator's prompt must agree on its "
+                    "model, system prompt and citation mode"
+                )

@@ -3,7 +3,8 @@
 Built-in stages are declared as entry points in pyproject.toml (groups
 ``ragline.stages`` and ``ragline.index_builders``), so the engine finds them
 without importing any stage module up front, and another installed package can
-add its own. ``register`` adds one from code (user stages, tests).
+add its own. ``register`` adds one from code (user stages, tests) and
+``unregister`` takes it back.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ _registered: dict[str, dict[str, Any]] = {STAGES: {}, INDEX_BUILDERS: {}}
 
 def register(group: str, name: str, cls: Any) -> None:
     _registered[group][name] = cls
+
+
+def unregister(group: str, name: str) -> None:
+    """Forget a name added with ``register`` (entry points are not affected)."""
+    _registered[group].pop(name, None)
 
 
 def register_stage(name: str):

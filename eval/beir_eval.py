@@ -6,8 +6,8 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from ragline.engine.data.topics import read_qrels, read_topics
 from ragline.engine.pipeline import Pipeline
-from ragline.engine.topics import read_qrels, read_topics
 from ragline.eval.beir import BM25_FLAT_NDCG10, SELF_RETRIEVING, BeirDataset
 from ragline.eval.report import package_versions, pipeline_provenance, write_results
 from ragline.eval.retrieval_eval import RetrievalEvaluation, check_qrels_ids, evaluate_pipeline, trec_metric

@@ -1,5 +1,5 @@
 """Evaluation verbs of the ``ragline`` command: ``eval``, ``convert`` and
-``build``. The engine's CLI loads this through the ``ragline.cli`` entry point."""
+``build``. The CLI loads this through the ``ragline.cli`` entry point."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+
+from ragline.engine import terminal
 
 eval_app = typer.Typer(help="Evaluate pipelines on BEIR, PosIR and QA data.", no_args_is_help=True)
 convert_app = typer.Typer(help="Convert collections between formats.", no_args_is_help=True)
 build_app = typer.Typer(help="Build evaluation sets.", no_args_is_help=True)
-out = Console()
+out = terminal.stdout()
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     app.add_typer(eval_app, name="eval")
     app.add_typer(convert_app, name="convert")
     app.add_typer(build_app, name="build")
@@ -26,15 +27,15 @@ def _pipeline(index: Optional[Path], pipeline: Optional[Path], retriever: str, k
     ``corpus`` first when the folder does not exist yet)."""
     from ragline.engine.errors import InputError
     from ragline.engine.pipeline import Pipeline
-    from ragline.engine.retrieval import retrieval_pipeline
+    from ragline.engine.retrieval_pipeline import retrieval_pipeline
 
     if pipeline is not None:
         return Pipeline.load(pipeline)
     if index is None:
         raise InputError("give --index DIR (built if absent) or --pipeline CONFIG.yaml")
     if not index.exists() and corpus is not None:
-        from ragline.engine.indexing import build_index
-        from ragline.engine.models import DEFAULT_ENCODER
+        from ragline.engine.index.build import build_index
+        from ragline.engine.lm.encoders import DEFAULT_ENCODER
 
         wanted = {"bm25": ["bm25"], "dense": ["dense"], "hybrid": ["bm25", "dense"], "auto": ["bm25"]}[retriever]
         components = {name: ({"encoder": DEFAULT_ENCODER} if name == "dense" else {}) for name in wanted}
@@ -88,7 +89,7 @@ def convert_trec_to_beir(
 @eval_app.command("posir")
 def eval_posir(
     root: Annotated[Path, typer.Argument(help="PosIR root: <lang-Script>/<domain>/{queries,corpus}.parquet, qrels/test.parquet.")],
-    encoder: Annotated[list[str], typer.Option(help="Encoder (hub id, path, packaged name); repeat to compare.")] = ["all-MiniLM-L6-v2"],
+    encoder: Annotated[Optional[list[str]], typer.Option(help="Encoder (hub id, path, packaged name); repeat to compare (default all-MiniLM-L6-v2).")] = None,
     langs: Annotated[Optional[str], typer.Option(help="Comma-separated languages, e.g. eng-Latn,deu-Latn.")] = None,
     cross_lingual: Annotated[bool, typer.Option(help="Search every language's queries against the English corpus.")] = False,
     max_seq_length: Annotated[Optional[int], typer.Option(help="Override the encoder's input length limit.")] = None,
@@ -102,7 +103,7 @@ def eval_posir(
     from ragline.eval.report import write_json, write_jsonl
 
     languages = [x.strip() for x in langs.split(",")] if langs else None
-    runs = {name: evaluate_posir(root, name, languages, cross_lingual, max_seq_length=max_seq_length) for name in encoder}
+    runs = {name: evaluate_posir(root, name, languages, cross_lingual, max_seq_length=max_seq_length) for name in encoder or ["all-MiniLM-L6-v2"]}
     table = Table(title="PosIR position bias")
     for column in ("encoder", "language", "set", "queries", "nDCG@10", "binned", "PSI", "slope"):
         table.add_column(column, justify="left" if column in ("encoder", "language", "set") else "right")
@@ -149,8 +150,8 @@ def eval_qa(
     """Score a RAG pipeline on QA data: answers, evidence kept, context size, latency."""
     from rich.table import Table
 
+    from ragline.engine.data.hotpotqa import read_hotpotqa
     from ragline.engine.pipeline import Pipeline
-    from ragline.engine.hotpotqa import read_hotpotqa
     from ragline.eval.qa import evaluate_qa
     from ragline.eval.report import package_versions, pipeline_provenance, write_json, write_jsonl
 
@@ -181,7 +182,7 @@ def convert_hotpotqa_corpus(
     corpus: Annotated[Path, typer.Option("--out", help="JSONL corpus to write (one paragraph per title; id = title with _ for spaces).")],
 ) -> None:
     """Every distinct paragraph of a HotpotQA file as a corpus, for the open QA setting."""
-    from ragline.engine.hotpotqa import paragraph_corpus, read_hotpotqa
+    from ragline.engine.data.hotpotqa import paragraph_corpus, read_hotpotqa
     from ragline.eval.report import write_jsonl
 
     records = paragraph_corpus(read_hotpotqa(data))

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from ragline.engine.atomic import atomic_directory
-from ragline.engine.corpus import read_corpus
-from ragline.engine.topics import read_qrels, read_topics
+from ragline.engine.data.corpus import read_corpus
+from ragline.engine.data.topics import read_qrels, read_topics
 
 
 def trec_to_beir(docs: Path, topics: Path, qrels: Path, out: Path, split: str = "test") -> dict[str, int]:

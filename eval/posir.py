@@ -95,7 +95,7 @@ def query_rows(domain_path: Path) -> list[dict]:
 
 def evaluate_domain(domain: Domain, model, corpus_path: Path, batch_size: int = 32) -> list[dict]:
     """Per-query rows with ``ndcg`` added, for one domain (and corpus)."""
-    from ragline.engine.models import encode_texts
+    from ragline.engine.lm.encoders import encode_texts
 
     queries = query_rows(domain.path)
     corpus = read_table(corpus_path / "corpus.parquet", CORPUS_COLUMNS)
@@ -117,19 +117,25 @@ def evaluate_domain(domain: Domain, model, corpus_path: Path, batch_size: int = 
 def evaluate_posir(root: Path, encoder: str, languages: Sequence[str] | None = None, cross_lingual: bool = False,
                    batch_size: int = 32, max_seq_length: int | None = None) -> dict:
     """``{"rows": {lang: [...]}, "report": {lang: position_report}}``."""
-    from ragline.engine.models import load_sentence_encoder
+    from ragline.engine.lm.encoders import load_sentence_encoder
 
     model = load_sentence_encoder(encoder)
-    if max_seq_length:
-        model.max_seq_length = max_seq_length
+    # The encoder is shared with the rest of the process: change its length
+    # limit for this evaluation only.
+    default_length = model.max_seq_length
     rows: dict[str, list[dict]] = {}
-    for domain in discover(root, languages):
-        corpus_path = root / ENGLISH / domain.name if cross_lingual else domain.path
-        for row in evaluate_domain(domain, model, corpus_path, batch_size):
-            rows.setdefault(domain.language, []).append({**row, "domain": domain.name})
+    try:
+        if max_seq_length:
+            model.max_seq_length = max_seq_length
+        for domain in discover(root, languages):
+            corpus_path = root / ENGLISH / domain.name if cross_lingual else domain.path
+            for row in evaluate_domain(domain, model, corpus_path, batch_size):
+                rows.setdefault(domain.language, []).append({**row, "domain": domain.name})
+    finally:
+        model.max_seq_length = default_length
     return {
         "encoder": encoder,
-        "max_seq_length": model.max_seq_length,
+        "max_seq_length": max_seq_length or default_length,
         "cross_lingual": cross_lingual,
         "rows": rows,
         "report": {lang: position_report(lang_rows) for lang, lang_rows in rows.items()},

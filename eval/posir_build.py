@@ -18,8 +18,9 @@ import random
 from pathlib import Path
 
 from ragline.engine.atomic import atomic_directory
-from ragline.engine.models import DEFAULT_ENCODER, resolve_model_source
-from ragline.engine.hotpotqa import HotpotQuestion, read_hotpotqa
+from ragline.engine.data.hotpotqa import HotpotQuestion, read_hotpotqa
+from ragline.engine.lm.encoders import DEFAULT_ENCODER
+from ragline.engine.lm.packaged import resolve_model_source
 from ragline.eval.posir_metrics import BINS
 
 LENGTHS = {"q1": 400, "q2": 900, "q3": 1400, "q4": 1900}

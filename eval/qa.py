@@ -29,12 +29,12 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from ragline.engine.docstore import fetch_passages, query_over
+from ragline.engine.data.hotpotqa import HotpotQuestion, paragraph_passage
 from ragline.engine.errors import ConfigError
+from ragline.engine.index.docstore import fetch_passages, query_over
+from ragline.engine.lm.prompts import strip_citations
 from ragline.engine.pipeline import Pipeline
-from ragline.engine.prompts import strip_citations
-from ragline.engine.types import Passage, Query
-from ragline.engine.hotpotqa import HotpotQuestion
+from ragline.engine.types import Query
 
 SETTINGS = ("distractor", "gold", "open")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -78,7 +78,7 @@ def candidate_pool(question: HotpotQuestion, gold_only: bool = False) -> Query:
     """The question with its own paragraphs (or only the gold ones) as the
     ranking, in their given order."""
     gold = set(question.gold_titles)
-    passages = [Passage(f"{question.id}/{i}", p.title, p.text, p.title, 0, len(p.text))
+    passages = [paragraph_passage(question.id, i, p)
                 for i, p in enumerate(question.paragraphs) if not gold_only or p.title in gold]
     return query_over(question.id, question.question, passages)
 

@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ragline.engine.atomic import atomic_file, atomic_write_text
-from ragline.engine.index_dir import IndexDir
+from ragline.engine.data.runfile import write_run
+from ragline.engine.index.layout import IndexDir
 from ragline.engine.pipeline import Pipeline
-from ragline.engine.runfile import write_run
 
 _PACKAGES = ("ragline", "torch", "transformers", "sentence-transformers", "faiss-cpu", "faiss-gpu-cu12",
              "pyserini", "pytrec-eval-terrier", "numpy")
@@ -43,7 +43,7 @@ def pipeline_provenance(pipeline: Pipeline) -> dict[str, Any]:
                 indexes[path] = IndexDir.open(path).meta
             except Exception:  # a stage's own index format: record the path only
                 indexes[path] = None
-    return {"pipeline": pipeline.to_config(), "indexes": indexes}
+    return {"pipeline": pipeline.to_config(with_defaults=True), "indexes": indexes}
 
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:

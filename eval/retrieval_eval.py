@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ragline.engine.errors import InputError
 from ragline.engine.pipeline import Pipeline
-from ragline.engine.retrieval import fold_to_documents
+from ragline.engine.retrieval_pipeline import fold_to_documents
 from ragline.engine.types import Query
 from ragline.eval.metrics import mean_scores, per_query
 

@@ -1,3 +1,4 @@
-"""Attention-probe kernels: span attention of a few query rows without an n×n
-matrix, as a chunked torch reference (``span_attention``) and a fused Triton
-kernel (``span_attention_triton``) with the same contract."""
+"""Pure math for the attention stages, each as a torch reference and a Triton
+kernel with the same contract: span attention (a few query rows' softmax
+pooled onto spans, without an n×n matrix) and the RoPE shift of cached keys.
+Nothing here imports the rest of ragline; failures are ``KernelUnavailable``."""

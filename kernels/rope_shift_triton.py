@@ -10,6 +10,8 @@ Triton interpreter (``TRITON_INTERPRET=1`` before triton is imported).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ragline.kernels.triton_runtime import check_runnable, import_triton
@@ -35,13 +37,9 @@ def rope_shift_triton(keys: torch.Tensor, shift: int, inv_freq: torch.Tensor) ->
     return out.reshape(keys.shape)
 
 
-_KERNEL = None
-
-
+@functools.cache
 def _compiled_kernel():
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
+    """Defined on first use so that importing this module never imports triton."""
     triton, tl = import_triton(PURPOSE)
 
     @triton.jit
@@ -65,5 +63,4 @@ def _compiled_kernel():
         tl.store(out_ptr + base + pairs, (first * cos - second * sin).to(dtype), mask=in_half)
         tl.store(out_ptr + base + half + pairs, (second * cos + first * sin).to(dtype), mask=in_half)
 
-    _KERNEL = rope_shift_kernel
-    return _KERNEL
+    return rope_shift_kernel

@@ -14,6 +14,8 @@ must be set before ``triton`` is first imported.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ragline.kernels.triton_runtime import check_runnable, import_triton
@@ -47,14 +49,9 @@ def span_attention_triton(query: torch.Tensor, key: torch.Tensor, allowed: torch
     return out
 
 
-_KERNEL = None
-
-
+@functools.cache
 def _compiled_kernel():
     """Defined on first use so that importing this module never imports triton."""
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
     triton, tl = import_triton(PURPOSE)
 
     @triton.jit
@@ -112,5 +109,4 @@ def _compiled_kernel():
             probs = tl.exp(logits - running_max) / normaliser
             tl.atomic_add(out_base + spans, probs, mask=visible & (spans >= 0))
 
-    _KERNEL = span_attention_kernel
-    return _KERNEL
+    return span_attention_kernel

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from ragline.engine.errors import MissingDependency, RaglineError
+from ragline.kernels.errors import KernelUnavailable
 
 
 def import_triton(purpose: str):
@@ -18,14 +18,14 @@ def import_triton(purpose: str):
         import triton
         import triton.language as tl
     except ImportError:
-        raise MissingDependency(f"{purpose} needs the 'triton' package (pip install triton)") from None
+        raise KernelUnavailable(f"{purpose} needs the 'triton' package (pip install triton)") from None
     return triton, tl
 
 
 def check_runnable(device: torch.device, purpose: str, otherwise: str) -> None:
     """Triton runs on CUDA, or on the CPU under its interpreter."""
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RaglineError(f"{purpose} needs a CUDA device, or TRITON_INTERPRET=1 set before "
+        raise KernelUnavailable(f"{purpose} needs a CUDA device, or TRITON_INTERPRET=1 set before "
                            f"triton is imported to run it on the CPU; {otherwise}")
 
 

@@ -1,2 +1,2 @@
-"""Reranking stages (cross-encoder, attention-based reordering). Empty until
-those stages land; see the project's open issues."""
+"""Reranking and reordering stages: the cross-encoder, and attention-based
+reordering of passages (AttnRank, attention sorting)."""

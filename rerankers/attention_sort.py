@@ -13,18 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from ragline.engine.causal_lm import DEFAULT_GENERATOR
-from ragline.engine.docstore import ranked_passages
 from ragline.engine.errors import ConfigError
-from ragline.engine.prompts import PromptBuilder
-from ragline.engine.stage import Stage, changed_settings
+from ragline.engine.index.docstore import ranked_passages
+from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
+from ragline.engine.lm.packaged import canonical_model_id
+from ragline.engine.lm.prompts import PromptBuilder
+from ragline.engine.settings import PositiveInt
+from ragline.engine.stage import Stage
 from ragline.engine.types import Query
 
 
 class AttentionSort(Stage):
     name = "attention_sort"
 
-    def __init__(self, model: str = DEFAULT_GENERATOR, passages: int = 10, rounds: int = 1,
+    def __init__(self, model: str = DEFAULT_GENERATOR, passages: PositiveInt = 10, rounds: PositiveInt = 1,
                  per_token: bool = False, cite: bool = True, system_prompt: str | None = None,
                  device: str | None = None, backend: str = "auto"):
         if rounds < 1:
@@ -39,11 +41,15 @@ class AttentionSort(Stage):
         self.reader = None
 
     def warm_up(self) -> None:
-        from ragline.engine.causal_lm import load_causal_lm
+        from ragline.engine.lm.causal_lm import load_causal_lm
         from ragline.rerankers.passage_attention import PassageAttention
 
         model, tokenizer = load_causal_lm(self.model, device=self.device, dtype="float32")
         self.reader = PassageAttention(model, tokenizer, self.builder, self.backend)
+
+    def generator_prompt(self) -> dict[str, Any]:
+        return {"model": canonical_model_id(self.model), "system_prompt": self.builder.system_prompt,
+                "cite": self.builder.cite}
 
     def run(self, batch: list[Query]) -> list[Query]:
         self.warm_up()
@@ -60,11 +66,3 @@ class AttentionSort(Stage):
             query.note(order=[i + 1 for i in order], forward_passes=self.rounds if len(passages) > 1 else 0,
                        sorting_seconds=time.perf_counter() - start)
         return batch
-
-    def to_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"model": self.model, "passages": self.passages, "rounds": self.rounds,
-                                  "per_token": self.per_token, "cite": self.builder.cite}
-        if self.builder.system_prompt is not None:
-            config["system_prompt"] = self.builder.system_prompt
-        config.update(changed_settings(self, {"device": None, "backend": "auto"}))
-        return config

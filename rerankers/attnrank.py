@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from ragline.engine.artifacts import read_artifact, write_artifact
-from ragline.engine.causal_lm import DEFAULT_GENERATOR, canonical_lm_id
-from ragline.engine.docstore import ranked_passages
 from ragline.engine.errors import ConfigError, InputError
-from ragline.engine.prompts import PromptBuilder
+from ragline.engine.index.docstore import ranked_passages
+from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
+from ragline.engine.lm.packaged import canonical_model_id
+from ragline.engine.lm.prompts import PromptBuilder
+from ragline.engine.settings import PositiveInt
 from ragline.engine.stage import Stage
 from ragline.engine.types import Query
 
@@ -78,7 +80,7 @@ def basin_order(relevance_ranked: list, profile: np.ndarray) -> list:
 class AttnRank(Stage):
     name = "attnrank"
 
-    def __init__(self, profile: str, passages: int = 10, model: str = DEFAULT_GENERATOR, cite: bool = True,
+    def __init__(self, profile: str, passages: PositiveInt = 10, model: str = DEFAULT_GENERATOR, cite: bool = True,
                  system_prompt: str | None = None):
         """``model``, ``cite`` and ``system_prompt`` describe the generator the
         passages go to; the profile must have been measured on that prompt."""
@@ -91,18 +93,22 @@ class AttnRank(Stage):
     def warm_up(self) -> None:
         from transformers import AutoTokenizer
 
-        from ragline.engine.causal_lm import resolve_lm_source
+        from ragline.engine.lm.packaged import resolve_model_source
         from ragline.rerankers.passage_attention import template_fingerprint
 
         profile = AttentionProfile.load(self.profile_path)
-        if canonical_lm_id(profile.model) != canonical_lm_id(self.model):
+        if canonical_model_id(profile.model) != canonical_model_id(self.model):
             raise ConfigError(f"the AttnRank profile {self.profile_path} was measured on {profile.model}, "
                               f"not on the generator {self.model}: calibrate one for it")
-        tokenizer = AutoTokenizer.from_pretrained(resolve_lm_source(self.model))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(self.model))
         if profile.template != template_fingerprint(tokenizer, self.builder):
             raise ConfigError(f"the AttnRank profile {self.profile_path} was measured on another prompt "
                               "(system prompt, citation mode or chat template differ): calibrate one for this prompt")
         self.profile = profile
+
+    def generator_prompt(self) -> dict[str, Any]:
+        return {"model": canonical_model_id(self.model), "system_prompt": self.builder.system_prompt,
+                "cite": self.builder.cite}
 
     def run(self, batch: list[Query]) -> list[Query]:
         self.warm_up()
@@ -115,10 +121,3 @@ class AttnRank(Stage):
             query.passages = [passages[i] for i in order]
             query.note(order=[i + 1 for i in order], interpolated=len(passages) != self.profile.slots)
         return batch
-
-    def to_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"profile": self.profile_path, "passages": self.passages, "model": self.model,
-                                  "cite": self.builder.cite}
-        if self.builder.system_prompt is not None:
-            config["system_prompt"] = self.builder.system_prompt
-        return config

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ragline.engine.causal_lm import canonical_lm_id
+from ragline.engine.data.hotpotqa import HotpotQuestion, paragraph_passage
 from ragline.engine.errors import InputError
-from ragline.engine.hotpotqa import HotpotQuestion
-from ragline.engine.prompts import PromptBuilder
-from ragline.engine.types import Passage
+from ragline.engine.lm.packaged import canonical_model_id
+from ragline.engine.lm.prompts import PromptBuilder
 from ragline.rerankers.attnrank import AttentionProfile
 from ragline.rerankers.passage_attention import PassageAttention, template_fingerprint
 
@@ -39,8 +38,7 @@ def calibration_prompts(questions: Sequence[HotpotQuestion], slots: int, seed: i
             if extra not in chosen:
                 chosen.append(extra)
         rng.shuffle(chosen)
-        yield question.question, [Passage(f"{question.id}/{i}", p.title, p.text, p.title, 0, len(p.text))
-                                  for i, p in enumerate(chosen)]
+        yield question.question, [paragraph_passage(question.id, i, p) for i, p in enumerate(chosen)]
 
 
 def calibrate(model, tokenizer, model_id: str, questions: Sequence[HotpotQuestion], slots: int,
@@ -57,7 +55,7 @@ def calibrate(model, tokenizer, model_id: str, questions: Sequence[HotpotQuestio
                        for text, passages in tqdm(list(calibration_prompts(questions, slots, seed)),
                                                   desc="calibrating", unit="prompt", disable=not progress)])
     return AttentionProfile(
-        model=canonical_lm_id(model_id), slots=slots, template=template_fingerprint(tokenizer, builder),
+        model=canonical_model_id(model_id), slots=slots, template=template_fingerprint(tokenizer, builder),
         profile=shares.mean(axis=0).tolist(), spread=shares.std(axis=0).tolist(), per_token=per_token,
         calibration={"data": data_name, "prompts": len(shares), "seed": seed, "cite": builder.cite},
     )

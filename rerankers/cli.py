@@ -29,7 +29,7 @@ def train_cross_encoder_command(
     paragraphs, or qrels with BM25 hard negatives."""
     import random
 
-    from ragline.engine.cli import out as console
+    from ragline.engine import terminal
     from ragline.engine.errors import InputError
     from ragline.rerankers.cross_encoder_training import TrainingSettings, query_groups, train_cross_encoder
 
@@ -42,13 +42,13 @@ def train_cross_encoder_command(
         pairs = [pair for group in groups[:limit] for pair in group]
     settings = TrainingSettings(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length, seed=seed)
     summary = train_cross_encoder(pairs, base, out, settings, device=device, progress=sys.stderr.isatty())
-    console.print(f"[green]trained[/] {out}: {summary['queries']:,} queries, {summary['pairs']:,} pairs "
+    terminal.stdout().print(f"[green]trained[/] {out}: {summary['queries']:,} queries, {summary['pairs']:,} pairs "
                   f"({summary['positives']:,} relevant), "
                   f"{summary['steps']} steps, loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f}")
 
 
 def _hotpotqa_pairs(data: Path, holdout: float, seed: int):
-    from ragline.engine.hotpotqa import read_hotpotqa, split_by_question
+    from ragline.engine.data.hotpotqa import read_hotpotqa, split_by_question
     from ragline.rerankers.cross_encoder_training import pairs_from_hotpotqa
 
     questions = read_hotpotqa(data)
@@ -58,7 +58,7 @@ def _hotpotqa_pairs(data: Path, holdout: float, seed: int):
 
 
 def _qrels_pairs(data: Path, topics: Path, index: Path, negatives: int):
-    from ragline.engine.topics import read_qrels, read_topics
+    from ragline.engine.data.topics import read_qrels, read_topics
     from ragline.rerankers.cross_encoder_training import pairs_from_qrels
 
     return pairs_from_qrels(read_qrels(data), read_topics(topics), index, negatives=negatives)
@@ -76,10 +76,10 @@ def calibrate_attnrank_command(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when present).")] = None,
 ) -> None:
     """Measure the generator's attention per passage slot (the AttnRank profile)."""
-    from ragline.engine.causal_lm import load_causal_lm
-    from ragline.engine.cli import out as console
-    from ragline.engine.hotpotqa import read_hotpotqa
-    from ragline.engine.prompts import PromptBuilder
+    from ragline.engine import terminal
+    from ragline.engine.data.hotpotqa import read_hotpotqa
+    from ragline.engine.lm.causal_lm import load_causal_lm
+    from ragline.engine.lm.prompts import PromptBuilder
     from ragline.rerankers.attnrank_calibration import calibrate, plot_profile
 
     lm, tokenizer = load_causal_lm(model, device=device, dtype="float32")
@@ -89,11 +89,9 @@ def calibrate_attnrank_command(
     profile.save(out)
     plot_profile(profile, out.with_suffix(".png"))
     shares = " ".join(f"{v:.3f}" for v in profile.profile)
-    console.print(f"[green]calibrated[/] {out} ({len(chosen)} prompts, {slots} slots): {shares}")
+    terminal.stdout().print(f"[green]calibrated[/] {out} ({len(chosen)} prompts, {slots} slots): {shares}")
 
 
-def register(app: typer.Typer) -> None:
-    from ragline.engine.cli import calibrate_app, train_app
-
-    train_app.command("cross-encoder")(train_cross_encoder_command)
-    calibrate_app.command("attnrank")(calibrate_attnrank_command)
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    groups["train"].command("cross-encoder")(train_cross_encoder_command)
+    groups["calibrate"].command("attnrank")(calibrate_attnrank_command)

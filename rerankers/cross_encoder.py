@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 import statistics
-from typing import Any
 
-from ragline.engine.docstore import ranked_passages
 from ragline.engine.errors import ConfigError, MissingDependency, RaglineError
-from ragline.engine.models import default_device, resolve_model_source
+from ragline.engine.index.docstore import ranked_passages
+from ragline.engine.lm import model_cache
+from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
+from ragline.engine.settings import NonNegativeFloat, PositiveInt
 from ragline.engine.stage import Stage
 from ragline.engine.types import Hit, Query
 
@@ -42,10 +43,12 @@ def load_cross_encoder(name: str, device: str | None = None, max_length: int = 5
     source = resolve_model_source(name)
     # Loading an encoder without a head prints a load report; the caller knows.
     previous = hf_logging.get_verbosity()
+    st_logger = logging.getLogger("sentence_transformers")
+    st_level = st_logger.level
     hf_logging.set_verbosity_error()
-    logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+    st_logger.setLevel(logging.ERROR)
     try:
-        return CrossEncoder(source, num_labels=1, max_length=max_length, device=device or default_device())
+        return CrossEncoder(source, num_labels=1, max_length=max_length, device=device or model_cache.default_device())
     except OSError as err:
         raise RaglineError(
             f"cannot load cross-encoder {name!r}: not a local folder, no packaged copy is installed, "
@@ -53,6 +56,7 @@ def load_cross_encoder(name: str, device: str | None = None, max_length: int = 5
         ) from None
     finally:
         hf_logging.set_verbosity(previous)
+        st_logger.setLevel(st_level)
 
 
 def score_pairs(model, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[float]:
@@ -81,8 +85,8 @@ class CrossEncoderRerank(Stage):
 
     name = "cross_encoder"
 
-    def __init__(self, model: str, top_k: int = 10, depth: int = 100, batch_size: int = 64,
-                 max_length: int = 512, first_stage_weight: float = 0.0, device: str | None = None):
+    def __init__(self, model: str, top_k: PositiveInt = 10, depth: PositiveInt = 100, batch_size: PositiveInt = 64,
+                 max_length: PositiveInt = 512, first_stage_weight: NonNegativeFloat = 0.0, device: str | None = None):
         if top_k < 1 or depth < 1 or batch_size < 1 or max_length < 8:
             raise ConfigError("cross_encoder: top_k, depth and batch_size must be >= 1, max_length >= 8")
         if first_stage_weight < 0:
@@ -97,7 +101,9 @@ class CrossEncoderRerank(Stage):
         self.encoder = None
 
     def warm_up(self) -> None:
-        self.encoder = load_cross_encoder(self.model, self.device, self.max_length)
+        device = self.device or model_cache.default_device()
+        key = ("cross_encoder", canonical_model_id(self.model), device, self.max_length)
+        self.encoder = model_cache.shared(key, lambda: load_cross_encoder(self.model, device, self.max_length))
 
     def run(self, batch: list[Query]) -> list[Query]:
         self.warm_up()
@@ -117,12 +123,3 @@ class CrossEncoderRerank(Stage):
                              for rank, (score, p) in enumerate(scored, 1)]
             query.passages = [p for _, p in scored]
         return batch
-
-    def to_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"model": self.model, "top_k": self.top_k, "depth": self.depth,
-                                  "batch_size": self.batch_size, "max_length": self.max_length}
-        if self.first_stage_weight:
-            config["first_stage_weight"] = self.first_stage_weight
-        if self.device:
-            config["device"] = self.device
-        return config

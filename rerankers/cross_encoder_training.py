@@ -15,15 +15,14 @@ beside the target folder and renamed in only when complete.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ragline.engine.atomic import atomic_directory
+from ragline.engine.data.hotpotqa import HotpotQuestion
 from ragline.engine.errors import InputError
-from ragline.engine.hotpotqa import HotpotQuestion
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,8 @@ def pairs_from_qrels(qrels: dict[str, dict[str, int]], topics: Sequence[tuple[st
     """Relevant passages (qrels grade > 0) and up to ``negatives`` of BM25's
     top ``depth`` passages whose document is not judged relevant. Topics
     without qrels are skipped."""
-    from ragline.engine.docstore import fetch_passages
-    from ragline.engine.index_dir import IndexDir
+    from ragline.engine.index.docstore import fetch_passages
+    from ragline.engine.index.layout import IndexDir
     from ragline.engine.registry import STAGES, lookup
     from ragline.engine.types import Query
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ragline.engine.attention_probe import AttentionProbe, span_ids_from_ranges
-from ragline.engine.prompt_spans import passage_spans
-from ragline.engine.prompts import PromptBuilder
+from ragline.engine.lm.attention_probe import AttentionProbe, span_ids_from_ranges
+from ragline.engine.lm.prompt_spans import passage_spans
+from ragline.engine.lm.prompts import PromptBuilder
 from ragline.engine.types import Passage
 
 

@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ragline.engine.index_dir import IndexDir
-from ragline.engine.retriever import Retriever
+from ragline.engine.index.layout import IndexDir
+from ragline.engine.settings import NonNegativeFloat, PositiveInt, UnitInterval
 from ragline.engine.types import Passage
+from ragline.retrievers.base import Retriever
 from ragline.retrievers.lucene_runtime import lucene_indexer, lucene_searcher
 
 DEFAULT_K1 = 0.9
@@ -63,7 +64,8 @@ class BM25(Retriever):
 
     name = "bm25"
 
-    def __init__(self, index: str, k: int = 100, k1: float = DEFAULT_K1, b: float = DEFAULT_B, threads: int | None = None):
+    def __init__(self, index: str, k: PositiveInt = 100, k1: NonNegativeFloat = DEFAULT_K1, b: UnitInterval = DEFAULT_B,
+                 threads: PositiveInt | None = None):
         self.index = str(index)
         self.k = self.check_k(k)
         self.k1 = k1
@@ -84,9 +86,3 @@ class BM25(Retriever):
         keys = [str(i) for i in range(len(texts))]
         results = self._searcher.batch_search(texts, keys, k=k or self.k, threads=self.threads or _default_threads())
         return [[(hit.docid, hit.score) for hit in results.get(key, [])] for key in keys]
-
-    def to_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"index": self.index, "k": self.k, "k1": self.k1, "b": self.b}
-        if self.threads is not None:
-            config["threads"] = self.threads
-        return config

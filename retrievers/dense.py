@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from ragline.engine.errors import EncoderMismatch, RaglineError
-from ragline.engine.index_dir import IndexDir
-from ragline.engine.models import DEFAULT_ENCODER, canonical_model_id, encode_texts, load_sentence_encoder
-from ragline.engine.retriever import Retriever
-from ragline.engine.stage import changed_settings
+from ragline.engine.errors import ConfigError, EncoderMismatch, RaglineError
+from ragline.engine.index.layout import IndexDir
+from ragline.engine.lm.encoders import DEFAULT_ENCODER, encode_texts, load_sentence_encoder
+from ragline.engine.lm.packaged import canonical_model_id
+from ragline.engine.settings import PositiveInt
 from ragline.engine.types import Passage
+from ragline.retrievers.base import Retriever
 from ragline.retrievers.faiss_index import build_faiss_index, import_faiss, maybe_to_gpu, set_search_params
 
 FORMAT_VERSION = 1
@@ -87,10 +88,10 @@ class Dense(Retriever):
 
     name = "dense"
 
-    def __init__(self, index: str, k: int = 100, encoder: str | None = None, batch_size: int = 64,
-                 device: str | None = None, nprobe: int = 16, ef_search: int = 128, gpu: str = "auto"):
+    def __init__(self, index: str, k: PositiveInt = 100, encoder: str | None = None, batch_size: PositiveInt = 64,
+                 device: str | None = None, nprobe: PositiveInt = 16, ef_search: PositiveInt = 128, gpu: str = "auto"):
         if gpu not in ("auto", "yes", "no"):
-            raise ValueError("gpu must be auto, yes or no")
+            raise ConfigError("gpu must be auto, yes or no")
         self.index = str(index)
         self.k = self.check_k(k)
         self.encoder = encoder
@@ -139,9 +140,3 @@ class Dense(Retriever):
 
     def search(self, texts: list[str], k: int | None = None) -> list[list[tuple[str, float]]]:
         return self.search_vectors(self.encode(texts), k)
-
-    def to_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"index": self.index, "k": self.k}
-        config.update(changed_settings(self, {"encoder": None, "batch_size": 64, "device": None, "nprobe": 16,
-                                              "ef_search": 128, "gpu": "auto"}))
-        return config

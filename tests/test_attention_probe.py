@@ -13,8 +13,8 @@ import importlib.util
 import pytest
 import torch
 
-from ragline.engine.attention_probe import AttentionProbe, span_ids_from_ranges
 from ragline.engine.errors import RaglineError
+from ragline.engine.lm.attention_probe import AttentionProbe, span_ids_from_ranges
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 

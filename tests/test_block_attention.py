@@ -3,20 +3,19 @@ logits (and the greedy answer) of one forward with a block-diagonal mask."""
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 
 import pytest
 import torch
 
-from ragline.engine.block_attention import (
+from ragline.engine.errors import ConfigError, RaglineError
+from ragline.generators.kv_reuse.block_attention import (
     assemble_cache,
     final_block_logits,
     greedy_from_cache,
     prefill_block,
     rotary_frequencies,
 )
-from ragline.engine.errors import ConfigError, RaglineError
 from ragline.kernels.rope_shift import rope_shift_reference
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -154,7 +153,7 @@ def test_models_and_rope_types_that_cannot_be_shifted_are_refused():
 # -- the store --------------------------------------------------------------------------------------
 
 def test_store_evicts_least_recently_used_within_its_byte_budget():
-    from ragline.engine.kv_store import BlockStore
+    from ragline.generators.kv_reuse.block_store import BlockStore
 
     model = tiny_model("llama")
     blocks = {i: prefill_block(model, ids) for i, ids in enumerate(random_blocks([8, 8, 8]))}
@@ -168,7 +167,7 @@ def test_store_evicts_least_recently_used_within_its_byte_budget():
 
 
 def test_disk_tier_survives_a_restart_and_discards_corrupt_or_foreign_entries(tmp_path):
-    from ragline.engine.kv_store import BlockStore, block_key
+    from ragline.generators.kv_reuse.block_store import BlockStore, block_key
 
     model = tiny_model("qwen2")
     ids = random_blocks([9])[0]
@@ -202,15 +201,15 @@ def passages():
 
 
 def query(passage_list, text="What is the capital of France?"):
-    from ragline.engine.docstore import query_over
+    from ragline.engine.index.docstore import query_over
 
     return query_over("q", text, passage_list)
 
 
 def test_generate_stage_in_block_mode_answers_as_the_block_diagonal_forward_and_reuses(tiny_lm):
-    from ragline.engine.block_prompt import block_prompt
-    from ragline.engine.generate import Generate
     from ragline.engine.pipeline import Pipeline
+    from ragline.generators.generate import Generate
+    from ragline.generators.kv_reuse.block_prompt import block_prompt
 
     stage = Generate(model=tiny_lm, passages=3, max_new_tokens=6, options={"device": "cpu"}, kv_reuse="block")
     first = Pipeline([stage]).run([query(passages())])[0]
@@ -235,8 +234,8 @@ def test_generate_stage_in_block_mode_answers_as_the_block_diagonal_forward_and_
 
 
 def test_sink_mode_runs_and_kv_reuse_is_validated(tiny_lm):
-    from ragline.engine.generate import Generate
     from ragline.engine.pipeline import Pipeline
+    from ragline.generators.generate import Generate
 
     stage = Generate(model=tiny_lm, passages=3, max_new_tokens=4, options={"device": "cpu"}, kv_reuse="sink",
                      kv_options={"sink_tokens": 4})
@@ -250,7 +249,7 @@ def test_sink_mode_runs_and_kv_reuse_is_validated(tiny_lm):
 
 
 def test_stable_prefix_shows_the_same_passages_in_one_order():
-    from ragline.engine.generate import Generate
+    from ragline.generators.generate import Generate
 
     stage = Generate(passages=3, stable_prefix=True)
     one = stage.conversation(query(passages()))
@@ -262,7 +261,7 @@ def test_stable_prefix_shows_the_same_passages_in_one_order():
 def test_store_is_safe_under_concurrent_readers(tmp_path):
     import threading
 
-    from ragline.engine.kv_store import BlockStore
+    from ragline.generators.kv_reuse.block_store import BlockStore
 
     model = tiny_model("llama")
     blocks = [prefill_block(model, ids) for ids in random_blocks([6, 7, 8, 9])]
@@ -288,8 +287,8 @@ def test_store_is_safe_under_concurrent_readers(tmp_path):
 
 
 def test_a_compressed_context_is_answered_without_reuse(tiny_lm):
-    from ragline.engine.generate import Generate
     from ragline.engine.pipeline import Pipeline
+    from ragline.generators.generate import Generate
 
     compressed = query(passages())
     compressed.context = "[1] Paris\nParis is the capital of France."
@@ -297,3 +296,39 @@ def test_a_compressed_context_is_answered_without_reuse(tiny_lm):
     result = Pipeline([stage]).run([compressed])[0]
     assert result.trace[-1].extra["kv_reuse"] == "skipped: compressed context"
     assert result.answer is not None and stage.reuse.store.stats["misses"] == 0
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama3-scaled"])
+def test_sink_block_keys_equal_the_model_own_rope_at_positions_from_zero(kind):
+    """A block prefilled after an attention sink is stored as if it started at
+    position 0. Reference, independent of the shift kernel: the layer's own
+    pre-RoPE keys from the same forward, rotated by the model's own rotary
+    embedding at positions 0..l-1."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model = tiny_model(kind)
+    sink, block = [5, 6, 7, 8], [20, 21, 22, 23, 24, 25]
+    raw_keys = {}
+
+    def keep_raw_keys(layer):
+        def hook(module, inputs, output):
+            raw_keys[layer] = output
+        return hook
+
+    handles = [layer.self_attn.k_proj.register_forward_hook(keep_raw_keys(i))
+               for i, layer in enumerate(model.model.layers)]
+    try:
+        cached = prefill_block(model, block, sink_ids=sink)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    positions = torch.arange(len(block))[None]
+    for layer, keys in enumerate(cached.keys):
+        raw = raw_keys[layer][:, len(sink):]  # (1, l, kv_heads * head_dim), the block's part
+        raw = raw.view(1, len(block), -1, head_dim).transpose(1, 2)
+        cos, sin = model.model.rotary_emb(raw, positions)
+        expected, _ = apply_rotary_pos_emb(raw, raw, cos, sin)
+        torch.testing.assert_close(keys, expected, rtol=0, atol=1e-5)
+    assert cached.length == len(block)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ragline.engine.retrieval import retrieval_pipeline
-from ragline.engine.topics import read_qrels
+from ragline.engine.data.topics import read_qrels
+from ragline.engine.retrieval_pipeline import retrieval_pipeline
 from ragline.engine.types import Query
 from ragline.eval.metrics import mean_scores
 
@@ -19,10 +19,9 @@ def engine_run(vaswani_bm25_index, vaswani_queries):
 
 @pytest.fixture(scope="module")
 def pyserini_run(vaswani_bm25_index, vaswani_queries):
-    from ragline.retrievers.lucene_runtime import ensure_lucene
+    from ragline.retrievers.lucene_runtime import import_pyserini
 
-    ensure_lucene()
-    from pyserini.search.lucene import LuceneSearcher
+    LuceneSearcher = import_pyserini("pyserini.search.lucene").LuceneSearcher
 
     searcher = LuceneSearcher(str(vaswani_bm25_index / "bm25"))
     searcher.set_bm25(0.9, 0.4)

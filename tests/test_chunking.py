@@ -1,6 +1,7 @@
 import pytest
 
-from ragline.engine.chunking import chunk_document, passages_of
+from ragline.engine.data.chunking import chunk_document, passages_of
+from ragline.engine.errors import ConfigError
 from ragline.engine.types import Document
 
 
@@ -30,5 +31,5 @@ def test_every_word_is_covered():
 
 
 def test_bad_window_is_rejected():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         list(passages_of([Document("d", "x")], window=3, overlap=3))

@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from ragline.engine.runfile import read_run
+from ragline.engine.data.runfile import read_run
 
 
 def ragline(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "ragline.engine.cli", *map(str, args)],
+        [sys.executable, "-m", "ragline.cli", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, timeout=600,
     )
 
@@ -140,3 +140,11 @@ def test_ask_rejects_an_empty_question_and_a_bad_backend(docs_index):
                           "--url", "http://127.0.0.1:9/v1", "--model", "m")
     assert unreachable.returncode == 1 and "cannot reach the generation server at http://127.0.0.1:9/v1" in \
         unreachable.stderr
+
+
+def test_verbose_says_what_falls_back_and_quiet_says_nothing(docs_index):
+    verbose = ragline("-v", "query", docs_index, "renamed into place", "--retriever", "dense", "--k", "1")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "INFO ragline.retrievers.faiss_index: FAISS searches on the CPU" in verbose.stderr
+    quiet = ragline("--quiet", "query", docs_index, "renamed into place", "--retriever", "dense", "--k", "1")
+    assert quiet.returncode == 0 and "FAISS searches" not in quiet.stderr

@@ -11,7 +11,7 @@ import pytest
 from ragline.compressors.baselines import EmbeddingSentences, LeadingSentences, RandomSentences
 from ragline.compressors.sentences import sentence_units, split_sentences
 from ragline.engine.errors import ConfigError, InputError
-from ragline.engine.docstore import query_over
+from ragline.engine.index.docstore import query_over
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.types import Passage, Query
 
@@ -154,7 +154,7 @@ def test_sentinel_probe_files_are_checked(tiny_lm, sentinel_probe_file, tmp_path
 def test_train_sentinel_writes_a_probe_the_stage_loads(tiny_lm, hotpotqa_path, tmp_path):
     from ragline.compressors.sentinel import Sentinel
     from ragline.compressors.sentinel_training import train_sentinel
-    from ragline.engine.hotpotqa import read_hotpotqa
+    from ragline.engine.data.hotpotqa import read_hotpotqa
 
     questions = [q for q in read_hotpotqa(hotpotqa_path, limit=40) if q.evidence_complete][:4]
     out = tmp_path / "sentinel.json"
@@ -203,7 +203,7 @@ def test_train_sentinel_command_reports_held_out_auc(tiny_lm, hotpotqa_path, tmp
     import sys
 
     out = tmp_path / "probe.json"
-    result = subprocess.run([sys.executable, "-m", "ragline.engine.cli", "train", "sentinel", "--data",
+    result = subprocess.run([sys.executable, "-m", "ragline.cli", "train", "sentinel", "--data",
                              str(hotpotqa_path), "--proxy", tiny_lm, "--out", str(out), "--limit", "4",
                              "--test-limit", "3", "--device", "cpu"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from ragline.engine.corpus import detect_format, read_corpus
+from ragline.engine.data.corpus import detect_format, read_corpus
 from ragline.engine.errors import InputError
 
 

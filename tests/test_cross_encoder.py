@@ -8,14 +8,19 @@ import sys
 
 import pytest
 
-from ragline.engine.docstore import MemoryStore
+from ragline.engine.data.hotpotqa import split_by_question
 from ragline.engine.errors import ConfigError, InputError
-from ragline.engine.hotpotqa import split_by_question
+from ragline.engine.index.docstore import MemoryStore
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.types import Hit, Passage, Query
 from ragline.rerankers.cross_encoder import CrossEncoderRerank, load_cross_encoder, score_pairs
 from ragline.rerankers.cross_encoder_training import (
-    Pair, TrainingSettings, pairs_from_hotpotqa, pairs_from_qrels, train_cross_encoder)
+    Pair,
+    TrainingSettings,
+    pairs_from_hotpotqa,
+    pairs_from_qrels,
+    train_cross_encoder,
+)
 
 # Two questions (20 pairs) per step, short inputs, large steps: about a minute on two cores.
 TINY = TrainingSettings(epochs=1, batch_size=20, learning_rate=1e-4, head_learning_rate=2e-3, max_length=96, seed=0)
@@ -157,7 +162,7 @@ def test_training_needs_both_labels_and_writes_nothing_without_them(tmp_path):
 
 
 def test_qrels_pairs_take_judged_positives_and_unjudged_bm25_negatives(vaswani, vaswani_bm25_index, vaswani_queries):
-    from ragline.engine.topics import read_qrels
+    from ragline.engine.data.topics import read_qrels
 
     qrels = read_qrels(vaswani / "qrels")
     topics = vaswani_queries[:5]
@@ -174,7 +179,7 @@ def test_qrels_pairs_take_judged_positives_and_unjudged_bm25_negatives(vaswani, 
 def test_train_command_writes_a_model_the_stage_loads(hotpotqa_path, tmp_path):
     out = tmp_path / "reranker"
     result = subprocess.run(
-        [sys.executable, "-m", "ragline.engine.cli", "train", "cross-encoder", "--data", str(hotpotqa_path),
+        [sys.executable, "-m", "ragline.cli", "train", "cross-encoder", "--data", str(hotpotqa_path),
          "--out", str(out), "--holdout", "0.3", "--limit", "4", "--max-length", "64", "--batch-size", "20",
          "--device", "cpu"],
         capture_output=True, text=True, timeout=600)
@@ -190,7 +195,7 @@ def test_train_command_rejects_half_of_the_qrels_options(tmp_path):
     qrels = tmp_path / "qrels.tsv"
     qrels.write_text("q1\t0\td1\t1\n")
     result = subprocess.run(
-        [sys.executable, "-m", "ragline.engine.cli", "train", "cross-encoder", "--data", str(qrels),
+        [sys.executable, "-m", "ragline.cli", "train", "cross-encoder", "--data", str(qrels),
          "--out", str(tmp_path / "m"), "--topics", str(qrels)],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
@@ -199,7 +204,7 @@ def test_train_command_rejects_half_of_the_qrels_options(tmp_path):
 
 
 def test_ask_builds_retrieve_rerank_generate(vaswani_bm25_index):
-    from ragline.engine.ask import ask_pipeline
+    from ragline.cli.ask import ask_pipeline
 
     pipeline = ask_pipeline(str(vaswani_bm25_index), retriever="bm25", reranker="some/reranker", depth=30,
                             passages=3)

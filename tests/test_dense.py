@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from ragline.engine.errors import EncoderMismatch, IndexNotFound, InputError
-from ragline.engine.indexing import build_index
-from ragline.engine.models import canonical_model_id, encode_texts, load_sentence_encoder
+from ragline.engine.index.build import build_index
+from ragline.engine.lm.encoders import encode_texts, load_sentence_encoder
+from ragline.engine.lm.packaged import canonical_model_id
 from ragline.retrievers.dense import Dense
 from ragline.retrievers.faiss_index import factory_string
 
@@ -21,7 +22,7 @@ def test_dense_meta_and_streamed_embeddings(hybrid_index):
 def test_dense_search_equals_raw_faiss_and_encoder(hybrid_index, vaswani_subset):
     import faiss
 
-    from ragline.engine.corpus import read_corpus
+    from ragline.engine.data.corpus import read_corpus
 
     docs = list(read_corpus(vaswani_subset))
     model = load_sentence_encoder("all-MiniLM-L6-v2")

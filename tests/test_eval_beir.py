@@ -7,10 +7,10 @@ import zipfile
 
 import pytest
 
+from ragline.engine.data.runfile import read_run
+from ragline.engine.data.topics import read_qrels
 from ragline.engine.errors import InputError, RaglineError
-from ragline.engine.retrieval import retrieval_pipeline
-from ragline.engine.runfile import read_run
-from ragline.engine.topics import read_qrels
+from ragline.engine.retrieval_pipeline import retrieval_pipeline
 from ragline.eval import beir
 from ragline.eval.beir_eval import evaluate_beir
 from ragline.eval.convert import trec_to_beir

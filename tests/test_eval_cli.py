@@ -6,7 +6,7 @@ import sys
 
 
 def ragline(*args):
-    return subprocess.run([sys.executable, "-m", "ragline.engine.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "ragline.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=600)
 
 

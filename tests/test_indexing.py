@@ -3,8 +3,8 @@ import json
 import pytest
 
 from ragline.engine.errors import InputError
-from ragline.engine.index_dir import IndexDir
-from ragline.engine.indexing import build_index
+from ragline.engine.index.build import build_index
+from ragline.engine.index.layout import IndexDir
 from ragline.retrievers.bm25 import BM25
 
 
@@ -86,7 +86,7 @@ def test_rebuilt_index_serves_new_texts_in_the_same_process(tmp_path):
 
 
 def test_run_from_a_chunked_index_scores_documents_by_their_best_passage(tmp_path):
-    from ragline.engine.retrieval import fold_to_documents, retrieval_pipeline
+    from ragline.engine.retrieval_pipeline import fold_to_documents, retrieval_pipeline
 
     text = "alpha " * 15 + "target " * 10 + "beta " * 40  # "target" in chunks 0 and 1
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "long", "text": text}, {"id": "other", "text": "target once"}])

@@ -2,7 +2,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from ragline.engine import models
+from ragline.engine.lm import packaged as models
 
 
 class FakeDistribution:
@@ -28,10 +28,10 @@ def test_split_zip_model_is_assembled_once_into_the_cache(tmp_path, monkeypatch)
     fake = {f"dist-{i}": FakeDistribution(p) for i, p in enumerate(parts)}
     monkeypatch.setattr(models.metadata, "distribution", lambda name: fake[name])
     monkeypatch.setenv("RAGLINE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(models.SPLIT_ZIP_MODELS, "org/tiny-model", (list(fake), "tiny-model"))
+    monkeypatch.setitem(models.PACKAGED, "org/tiny-model", models.SplitZip(tuple(fake), "tiny-model"))
 
     path = models.packaged_model_path("org/tiny-model")
-    assert path == tmp_path / "cache" / "models" / "tiny-model"
+    assert path == tmp_path / "cache" / "models" / "org--tiny-model"
     assert (path / "config.json").read_text() == '{"model_type": "bert"}' and (path / "1_Pooling").is_dir()
     assert not (path / "model.zip").exists()
     parts[0].unlink()  # a second call must not need the parts again
@@ -47,3 +47,10 @@ def test_missing_split_package_means_no_packaged_copy(monkeypatch):
     monkeypatch.setenv("RAGLINE_CACHE", "/nonexistent-cache")
     assert models.packaged_model_path("all-mpnet-base-v2") is None
     assert models.resolve_model_source("all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
+
+
+def test_one_table_of_short_names_serves_encoders_and_language_models():
+    assert models.canonical_model_id("all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert models.canonical_model_id("ALL-MINILM-L6-V2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert models.canonical_model_id("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert models.canonical_model_id("org/unknown") == "org/unknown"

@@ -3,7 +3,7 @@ import yaml
 
 from ragline.engine.errors import ConfigError
 from ragline.engine.pipeline import Pipeline
-from ragline.engine.registry import register_stage
+from ragline.engine.registry import STAGES, register_stage, unregister
 from ragline.engine.stage import Stage
 from ragline.engine.types import Hit, Query
 from ragline.retrievers.bm25 import BM25
@@ -90,14 +90,16 @@ def test_user_stage_registered_by_name_runs_in_yaml(tmp_path):
                 q.ranking = [Hit(pid, 1.0 / r, r, self.name) for r, pid in enumerate(self.ids, 1)]
             return batch
 
-        def to_config(self):
-            return {"ids": self.ids}
-
-    pipe = Pipeline([ConstantHits(["a", "b"])])
-    pipe.save(tmp_path / "p.yaml")
-    assert yaml.safe_load((tmp_path / "p.yaml").read_text())["stages"] == [{"constant_hits": {"ids": ["a", "b"]}}]
-    (result,) = Pipeline.load(tmp_path / "p.yaml").run([Query("q1", "anything")])
-    assert [h.id for h in result.ranking] == ["a", "b"] and result.id == "q1"
+    try:
+        pipe = Pipeline([ConstantHits(["a", "b"])])
+        pipe.save(tmp_path / "p.yaml")
+        assert yaml.safe_load((tmp_path / "p.yaml").read_text())["stages"] == [{"constant_hits": {"ids": ["a", "b"]}}]
+        (result,) = Pipeline.load(tmp_path / "p.yaml").run([Query("q1", "anything")])
+        assert [h.id for h in result.ranking] == ["a", "b"] and result.id == "q1"
+    finally:
+        unregister(STAGES, "constant_hits")
+    with pytest.raises(ConfigError, match="unknown stage 'constant_hits'"):
+        Pipeline.load(tmp_path / "p.yaml")
 
 
 def test_warm_up_loads_once_however_often_called():
@@ -110,9 +112,6 @@ def test_warm_up_loads_once_however_often_called():
 
         def run(self, batch):
             return batch
-
-        def to_config(self):
-            return {}
 
     stage = Counting()
     stage.warm_up()

@@ -1,6 +1,6 @@
 """The RAG prompt and the citations read back from answers."""
 
-from ragline.engine.prompts import PromptBuilder, cited_passages, strip_citations
+from ragline.engine.lm.prompts import PromptBuilder, cited_passages, strip_citations
 from ragline.engine.types import Passage
 
 PASSAGES = [
@@ -35,3 +35,38 @@ def test_cited_numbers_map_to_passage_ids_in_first_cited_order():
     assert cited_passages(answer, PASSAGES) == ["p1", "p3", "p2"]
     assert cited_passages("no citations", PASSAGES) == []
     assert strip_citations("Paris [1, 2].") == "Paris ."
+
+
+def test_a_context_with_every_sentence_kept_is_the_passages_context():
+    from ragline.compressors.sentences import render_context, sentence_units
+
+    units = sentence_units(PASSAGES)
+    assert render_context(PASSAGES, units, range(len(units))) == PromptBuilder().context(PASSAGES)
+
+
+def test_generator_and_prompt_spans_feed_the_same_ids_without_a_chat_template(tiny_lm, tmp_path):
+    """A base model without a template gets the turns as plain text; the
+    generator and the attention stages must build exactly the same prompt."""
+    from transformers import AutoTokenizer
+
+    from ragline.engine.lm.prompt_spans import passage_spans
+    from ragline.generators.hf_backend import HFGenerator
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    tokenizer.chat_template = None
+    generator = HFGenerator(tiny_lm, device="cpu", dtype="float32")
+    generator.warm_up()
+    generator.tokenizer = tokenizer
+    builder = PromptBuilder()
+    ids, spans = passage_spans(tokenizer, builder, "Which capital?", PASSAGES)
+    assert generator.prompt_ids(builder.messages("Which capital?", PASSAGES)) == ids
+    assert tokenizer.decode(ids).rstrip().endswith("Answer:")
+    assert len(spans) == len(PASSAGES)
+
+
+def test_hotpotqa_paragraphs_become_passages_one_way():
+    from ragline.engine.data.hotpotqa import Paragraph, paragraph_passage
+
+    passage = paragraph_passage("q7", 2, Paragraph("Title", ("One. ", "Two.")))
+    assert (passage.id, passage.doc_id, passage.title, passage.text) == ("q7/2", "Title", "Title", "One. Two.")
+    assert (passage.start, passage.end) == (0, len("One. Two."))

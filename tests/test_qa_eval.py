@@ -2,11 +2,12 @@ import pytest
 
 from ragline.engine.errors import ConfigError
 from ragline.engine.pipeline import Pipeline
-from ragline.engine.registry import register_stage
+from ragline.engine.registry import STAGES, register_stage, unregister
 from ragline.engine.stage import Stage
 from ragline.engine.types import Answer
 from ragline.eval.qa import count_tokens, evaluate_qa, exact_match, f1_score, normalize_answer
 from ragline.retrievers.bm25 import BM25
+
 
 @pytest.fixture(scope="module")
 def all_questions(hotpotqa_questions):
@@ -53,7 +54,6 @@ def test_raw_distractor_context_keeps_all_evidence(questions):
     assert all(r["tokens_before"] > 100 for r in rows)
 
 
-@register_stage("test_first_sentence")
 class KeepFirstSentence(Stage):
     """A stand-in compressor: keeps the first sentence of the first passage."""
 
@@ -62,11 +62,7 @@ class KeepFirstSentence(Stage):
             q.context = q.passages[0].text.split(". ")[0] if q.passages else ""
         return batch
 
-    def to_config(self):
-        return {}
 
-
-@register_stage("test_oracle")
 class Oracle(Stage):
     """A stand-in generator that answers every other question correctly."""
 
@@ -78,12 +74,19 @@ class Oracle(Stage):
             q.answer = Answer(self.answers[q.id] if i % 2 == 0 else "wrong")
         return batch
 
-    def to_config(self):
-        return {"answers": self.answers}
+
+@pytest.fixture(autouse=True)
+def stand_in_stages():
+    """The stand-ins are known by name only while a test here runs."""
+    register_stage("test_first_sentence")(KeepFirstSentence)
+    register_stage("test_oracle")(Oracle)
+    yield
+    unregister(STAGES, "test_first_sentence")
+    unregister(STAGES, "test_oracle")
 
 
 def test_stages_plug_in_compression_and_answers(questions):
-    from ragline.engine.docstore import fetch_passages
+    from ragline.engine.index.docstore import fetch_passages
 
     class FillPassages(Stage):
         name = "fill"
@@ -92,9 +95,6 @@ def test_stages_plug_in_compression_and_answers(questions):
             for q in batch:
                 q.passages = fetch_passages(q.ranking)
             return batch
-
-        def to_config(self):
-            return {}
 
     pipe = Pipeline([FillPassages(), KeepFirstSentence(), Oracle({q.id: q.answer for q in questions})], batch_size=8)
     rows, summary = evaluate_qa(questions, pipe)
@@ -116,7 +116,7 @@ def test_settings_are_checked(questions, vaswani_bm25_index):
 def test_open_setting_retrieves_from_a_shared_index(questions, tmp_path):
     import json
 
-    from ragline.engine.indexing import build_index
+    from ragline.engine.index.build import build_index
 
     paragraphs = {p.title: p.text for q in questions for p in q.paragraphs}
     corpus = tmp_path / "paragraphs.jsonl"

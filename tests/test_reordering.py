@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from ragline.engine.errors import ConfigError, InputError
-from ragline.engine.docstore import query_over
+from ragline.engine.index.docstore import query_over
+from ragline.engine.lm.prompts import PromptBuilder
 from ragline.engine.pipeline import Pipeline
-from ragline.engine.prompts import PromptBuilder
 from ragline.engine.types import Passage, Query
 from ragline.rerankers.attnrank import AttentionProfile, AttnRank, basin_order
 
@@ -29,14 +29,14 @@ def query_with(passages) -> Query:
 
 @pytest.fixture(scope="module")
 def lm(tiny_lm):
-    from ragline.engine.causal_lm import load_causal_lm
+    from ragline.engine.lm.causal_lm import load_causal_lm
 
     return load_causal_lm(tiny_lm, device="cpu", dtype="float32")
 
 
 def test_passage_spans_cover_each_block_of_the_generators_own_prompt(tiny_lm, lm):
-    from ragline.engine.generator_hf import HFGenerator
-    from ragline.engine.prompt_spans import passage_spans
+    from ragline.engine.lm.prompt_spans import passage_spans
+    from ragline.generators.hf_backend import HFGenerator
 
     _, tokenizer = lm
     builder = PromptBuilder()
@@ -51,7 +51,7 @@ def test_passage_spans_cover_each_block_of_the_generators_own_prompt(tiny_lm, lm
 
 
 def test_calibration_profiles_round_trip_and_plot(tiny_lm, lm, hotpotqa_path, tmp_path):
-    from ragline.engine.hotpotqa import read_hotpotqa
+    from ragline.engine.data.hotpotqa import read_hotpotqa
     from ragline.rerankers.attnrank_calibration import calibrate, plot_profile
 
     model, tokenizer = lm
@@ -139,7 +139,7 @@ def ragline(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "ragline.engine.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "ragline.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=600)
 
 

@@ -1,8 +1,8 @@
 import pytest
 
+from ragline.engine.data.runfile import read_run, write_run
+from ragline.engine.data.topics import read_qrels, read_topics
 from ragline.engine.errors import InputError
-from ragline.engine.runfile import read_run, write_run
-from ragline.engine.topics import read_qrels, read_topics
 
 
 def test_vaswani_topics_and_qrels(vaswani):

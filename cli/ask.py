@@ -1,0 +1,54 @@
+"""One question against an index: the pipeline ``ragline ask`` builds or
+loads, and running it with the answer streamed as it is generated."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
+from ragline.engine.pipeline import Pipeline
+from ragline.engine.registry import STAGES, lookup
+from ragline.engine.retrieval_pipeline import retrieval_pipeline
+from ragline.engine.types import Query, StageTrace
+from ragline.generators.generate import Generate
+
+
+def ask_pipeline(index: str, config: str | Path | None = None, *, retriever: str = "auto", reranker: str | None = None,
+                 depth: int = 50, passages: int = 5, backend: str = "hf", model: str | None = None,
+                 max_new_tokens: int = 128, options: dict | None = None) -> Pipeline:
+    """From ``config`` (stages without an ``index`` read ``index``; a default
+    ``generate`` stage is appended if the file has none), or else: retrieve
+    ``depth`` candidates, optionally rerank them to ``passages``, generate
+    (``options`` go to the generation backend, e.g. an http ``url``)."""
+    if config is not None:
+        pipeline = Pipeline.load(config, defaults={"index": index})
+        if not isinstance(pipeline.stages[-1], Generate):
+            pipeline.stages.append(Generate())
+        return pipeline
+    stages = list(retrieval_pipeline(index, retriever, k=depth).stages)
+    if reranker:
+        stages.append(lookup(STAGES, "cross_encoder")(model=reranker, top_k=passages, depth=depth))
+    stages.append(Generate(backend=backend, model=model or DEFAULT_GENERATOR, passages=passages,
+                           max_new_tokens=max_new_tokens, options=options))
+    return Pipeline(stages, top_k=passages)
+
+
+def answer_question(pipeline: Pipeline, question: str, on_text: Callable[[str], None] | None = None) -> Query:
+    """Run ``question`` through ``pipeline``; with ``on_text``, the final
+    ``generate`` stage streams its answer through it piece by piece."""
+    query = Query("q0", question)
+    generate = pipeline.stages[-1]
+    if on_text is None or not isinstance(generate, Generate):
+        return pipeline.run([query])[0]
+    if len(pipeline.stages) > 1:
+        before = Pipeline(pipeline.stages[:-1], top_k=0, batch_size=pipeline.batch_size)
+        query = before.run([query])[0]
+    generate.warm_up()  # model loading is not generation time
+    items_in = len(query.ranking)
+    started = time.perf_counter()
+    generate.stream(query, on_text)
+    query.trace.append(StageTrace(generate.name, time.perf_counter() - started, 1, items_in, len(query.ranking),
+                                  query.take_notes()))
+    return query

@@ -1,0 +1,272 @@
+"""The ``ragline`` command line: index, query, search, run, ask.
+
+Stage families add their verbs through the ``ragline.cli`` entry-point group:
+each entry is ``register(app, groups)``, where ``groups`` maps ``train`` and
+``calibrate`` to the sub-commands they may extend. Families never import this
+module (imports point from the CLI to them, not back)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ragline.engine import terminal
+from ragline.engine.errors import RaglineError
+
+app = typer.Typer(
+    help="ragline: retrieval and RAG pipelines (BM25, dense, hybrid, and more).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Commands that make models (``ragline train cross-encoder``) are added here by plugins.
+train_app = typer.Typer(help="Train the models a pipeline uses.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+# Commands that measure a model for a stage (``ragline calibrate attnrank``), also added by plugins.
+calibrate_app = typer.Typer(help="Measure a model for the stages that need a profile of it.", no_args_is_help=True)
+app.add_typer(calibrate_app, name="calibrate")
+out = terminal.stdout()
+err = terminal.stderr()
+
+
+@app.callback()
+def options(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Say what is skipped, retried or falls back (-v); everything (-vv).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Only errors.")] = False,
+) -> None:
+    """ragline: retrieval and RAG pipelines (BM25, dense, hybrid, and more)."""
+    if quiet:
+        level = logging.ERROR
+    else:
+        level = (logging.WARNING, logging.INFO)[verbose] if verbose < 2 else logging.DEBUG
+    _log_to_stderr(level)
+
+
+_LOG_HANDLER_NAME = "ragline-cli"
+
+
+def _log_to_stderr(level: int) -> None:
+    """ragline's library loggers to stderr at ``level`` (the library itself
+    never configures logging; the command is the application that does)."""
+    logger = logging.getLogger("ragline")
+    for handler in [h for h in logger.handlers if h.get_name() == _LOG_HANDLER_NAME]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_LOG_HANDLER_NAME)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+@app.command()
+def index(
+    corpus: Annotated[Path, typer.Argument(help="Corpus file or folder.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Index folder to create (replaced atomically if present).")],
+    bm25: Annotated[bool, typer.Option("--bm25", help="Build a BM25 (Lucene) component.")] = False,
+    dense: Annotated[Optional[str], typer.Option("--dense", help="Build a dense component with this encoder (hub id, path, or 'default').")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, beir, trec, jsonl or dir.")] = "auto",
+    faiss: Annotated[str, typer.Option("--faiss", help="FAISS preset (flat, hnsw, ivfpq) or index_factory string.")] = "flat",
+    window: Annotated[Optional[int], typer.Option(help="Chunk documents into passages of this many words.")] = None,
+    overlap: Annotated[int, typer.Option(help="Words shared by consecutive chunks.")] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="Lucene indexing threads.")] = None,
+) -> None:
+    """Build an index over a corpus: BM25, dense, or both (default: both)."""
+    from ragline.engine.index.build import build_index
+    from ragline.engine.lm.encoders import DEFAULT_ENCODER
+
+    components: dict[str, dict] = {}
+    if not bm25 and dense is None:
+        bm25, dense = True, "default"
+    if bm25:
+        components["bm25"] = {"threads": threads}
+    if dense is not None:
+        components["dense"] = {"encoder": DEFAULT_ENCODER if dense == "default" else dense, "factory": faiss}
+    meta = build_index(corpus, out_dir, components, fmt=fmt, window=window, overlap=overlap, progress=sys.stderr.isatty())
+    out.print(
+        f"[green]indexed[/] {meta['documents']:,} documents ({meta['passages']:,} passages) "
+        f"into {out_dir} with {', '.join(meta['components'])}"
+    )
+
+
+@app.command()
+def query(
+    index_dir: Annotated[Path, typer.Argument(help="Index folder.")],
+    text: Annotated[str, typer.Argument(help="The query.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="How many passages to show.")] = 10,
+    retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Retrieve passages for one query."""
+    from ragline.engine.retrieval_pipeline import retrieval_pipeline
+
+    if not text.strip():
+        raise RaglineError("the query is empty")
+    pipeline = retrieval_pipeline(str(index_dir), retriever, k=k)
+    result = pipeline.run([text])[0]
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        return
+    table = Table(title=f"{' + '.join(s.name for s in pipeline.stages)}: {text}", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("id")
+    table.add_column("score", justify="right")
+    table.add_column("passage")
+    by_id = {p.id: p for p in result.passages}
+    for hit in result.ranking[:k]:
+        passage = by_id.get(hit.id)
+        snippet = "" if passage is None else " ".join(passage.indexed_text().split())[:160]
+        table.add_row(str(hit.rank), hit.id, f"{hit.score:.4f}", snippet)
+    out.print(table)
+    out.print(_timing_line(result))
+
+
+@app.command()
+def search(
+    index_dir: Annotated[Path, typer.Argument(help="Index folder.")],
+    topics: Annotated[Path, typer.Option("--topics", help="Topics: TREC, BEIR queries.jsonl, or qid<TAB>text.")],
+    output: Annotated[Path, typer.Option("--output", help="TREC run file to write.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="Results per query.")] = 1000,
+    retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
+    tag: Annotated[str, typer.Option(help="Run tag (last column).")] = "ragline",
+) -> None:
+    """Run every topic through a retriever and write a TREC run file."""
+    from ragline.engine.data.runfile import write_run
+    from ragline.engine.data.topics import read_topics
+    from ragline.engine.retrieval_pipeline import fold_to_documents, retrieval_pipeline
+    from ragline.engine.types import Query
+
+    pairs = read_topics(topics)
+    pipeline = retrieval_pipeline(str(index_dir), retriever, k=k, top_k=0)
+    results = pipeline.run([Query(id=qid, text=text) for qid, text in pairs])
+    write_run(output, {q.id: fold_to_documents(q.ranking) for q in results}, tag=tag)
+    out.print(f"[green]wrote[/] {output}: {len(results)} queries, up to {k} results each")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    queries: Annotated[Optional[Path], typer.Option("--queries", help="Topics file (TREC, BEIR queries.jsonl, qid<TAB>text).")] = None,
+    query_text: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query; repeatable.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Write one JSON object per query here.")] = None,
+) -> None:
+    """Run a whole pipeline from a YAML file over a set of queries."""
+    from ragline.engine.atomic import atomic_file
+    from ragline.engine.data.topics import read_topics
+    from ragline.engine.pipeline import Pipeline
+    from ragline.engine.types import Query
+
+    items = [Query(id=qid, text=text) for qid, text in read_topics(queries)] if queries else []
+    items += [Query(id=f"q{i}", text=t) for i, t in enumerate(query_text or [])]
+    if not items:
+        raise RaglineError("give queries with --queries FILE or --query TEXT")
+    pipeline = Pipeline.load(config)
+    results = pipeline.run(items)
+    if output:
+        with atomic_file(output) as f:
+            for result in results:
+                f.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        out.print(f"[green]wrote[/] {output}: {len(results)} queries")
+        return
+    for result in results:
+        out.print(f"[bold]{result.id}[/] {result.text}")
+        by_id = {p.id: p for p in result.passages}
+        for hit in result.ranking[: len(result.passages)]:
+            text = by_id[hit.id].text if hit.id in by_id else ""
+            out.print(f"  {hit.rank:>3}. {hit.id}  {hit.score:.4f}  {' '.join(text.split())[:100]}")
+        out.print(_timing_line(result))
+
+
+@app.command()
+def ask(
+    index_dir: Annotated[Path, typer.Argument(help="Index folder.")],
+    question: Annotated[str, typer.Argument(help="The question.")],
+    pipeline_file: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline YAML; stages that read an index and name none read INDEX_DIR. A 'generate' stage is added if it has none.")] = None,
+    retriever: Annotated[str, typer.Option(help="Without --pipeline: auto, bm25, dense or hybrid.")] = "auto",
+    reranker: Annotated[Optional[str], typer.Option("--reranker", help="Without --pipeline: rerank with this cross-encoder (hub id or folder).")] = None,
+    depth: Annotated[int, typer.Option(help="Without --pipeline: candidates retrieved (and reranked).")] = 50,
+    passages: Annotated[int, typer.Option("--passages", "-k", help="Without --pipeline: passages shown to the generator.")] = 5,
+    backend: Annotated[str, typer.Option(help="Without --pipeline: hf, vllm or http.")] = "hf",
+    url: Annotated[Optional[str], typer.Option(help="Without --pipeline, for --backend http: the server's /v1 address.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Without --pipeline: the generator model (default SmolLM2-135M-Instruct).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Without --pipeline: answer length limit in tokens.")] = 128,
+    stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
+) -> None:
+    """Answer a question from an index: retrieve, rerank, generate."""
+    from ragline.cli.ask import answer_question, ask_pipeline
+
+    if not question.strip():
+        raise RaglineError("the question is empty")
+    pipeline = ask_pipeline(str(index_dir), pipeline_file, retriever=retriever, reranker=reranker, depth=depth,
+                            passages=passages, backend=backend, model=model, max_new_tokens=max_new_tokens,
+                            options={"url": url} if url else None)
+    on_text = None
+    if stream and not as_json:
+        def on_text(piece: str) -> None:
+            out.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+
+    result = answer_question(pipeline, question, on_text)
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        return
+    if stream:
+        out.print()
+    else:
+        out.print(result.answer.text, highlight=False, markup=False, soft_wrap=True)
+    cited = set(result.answer.cited)
+    out.print()
+    for number, passage in enumerate(result.passages, 1):
+        mark = "[bold green]*[/]" if passage.id in cited else " "
+        # Passage text is data, not markup: escape it, and keep one line per passage.
+        snippet = escape(" ".join(passage.text.split())[:110])
+        title = escape(passage.title or passage.id)
+        out.print(f"{mark}\\[{number}] [bold]{title}[/] [dim]{snippet}[/]", highlight=False, soft_wrap=True)
+    out.print(_timing_line(result))
+
+
+def _timing_line(result) -> str:
+    parts = []
+    for t in result.trace:
+        part = f"{t.stage} {t.seconds * 1000:.0f} ms"
+        if t.extra.get("ttft") is not None:
+            part += f" (first token {t.extra['ttft'] * 1000:.0f} ms)"
+        parts.append(part)
+    return "[dim]" + " · ".join(parts) + "[/]"
+
+
+def main() -> None:
+    """Entry point: user errors become a one-line message and an exit code."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        for plugin in entry_points(group="ragline.cli"):
+            plugin.load()(app, {"train": train_app, "calibrate": calibrate_app})
+        app(standalone_mode=False)
+    except RaglineError as error:
+        err.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        sys.exit(130)
+    except (typer.Abort, typer.Exit) as stop:
+        sys.exit(getattr(stop, "exit_code", 1))
+    except Exception as error:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

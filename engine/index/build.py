@@ -1,0 +1,108 @@
+"""Building an index: stream the corpus once, feed every component, then
+rename the finished folder into place.
+
+Components (``bm25``, ``dense``, or any registered in the
+``ragline.index_builders`` entry-point group) follow one small protocol::
+
+    builder.open(folder)        # before the first passage
+    builder.add(passages)       # a batch at a time
+    builder.close() -> dict     # finish; settings to record in meta.json
+    builder.abort()             # release resources after a failure
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ragline.engine.atomic import atomic_directory
+from ragline.engine.data.chunking import passages_of
+from ragline.engine.data.corpus import detect_format, read_corpus
+from ragline.engine.errors import InputError
+from ragline.engine.index.docstore import DocStore
+from ragline.engine.index.layout import DOCSTORE, FORMAT_VERSION, META
+from ragline.engine.registry import INDEX_BUILDERS, lookup
+
+
+def build_index(
+    corpus: str | Path,
+    out: str | Path,
+    components: Mapping[str, Mapping[str, Any]],
+    fmt: str = "auto",
+    window: int | None = None,
+    overlap: int = 0,
+    batch_size: int = 4096,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Index ``corpus`` into the folder ``out`` with the given components, e.g.
+    ``{"bm25": {}, "dense": {"encoder": "all-MiniLM-L6-v2"}}``. Returns meta.json's content."""
+    corpus = Path(corpus)
+    if not components:
+        raise InputError("choose at least one index component (bm25, dense)")
+    if fmt == "auto" and corpus.exists():
+        fmt = detect_format(corpus)
+    builders = [lookup(INDEX_BUILDERS, name)(**dict(params)) for name, params in components.items()]
+    documents = read_corpus(corpus, fmt)
+
+    with atomic_directory(out) as tmp:
+        store = DocStore(tmp / DOCSTORE, create=True)
+        opened = []
+        try:
+            for builder in builders:
+                builder.open(tmp / builder.name)
+                opened.append(builder)
+            n_docs, n_passages = _feed(documents, store, opened, window, overlap, batch_size, progress)
+            if n_passages == 0:
+                raise InputError("the corpus has no documents", path=corpus)
+            store.commit()
+            built = {builder.name: builder.close() for builder in opened}
+        except BaseException:
+            for builder in opened:
+                builder.abort()
+            raise
+        finally:
+            store.close()
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "corpus": str(corpus.resolve()),
+            "corpus_format": fmt,
+            "documents": n_docs,
+            "passages": n_passages,
+            "chunking": {"window": window, "overlap": overlap} if window else None,
+            "components": built,
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
+
+
+def _feed(documents, store, builders, window, overlap, batch_size, progress) -> tuple[int, int]:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    n_docs = 0
+    n_passages = 0
+    last_doc = None
+    columns = (SpinnerColumn(), TextColumn("indexing: {task.completed:,} passages"), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task("index", total=None)
+        for batch in _batched(passages_of(documents, window, overlap), batch_size):
+            passages = [p for p, _ in batch]
+            store.add(passages, [origin for _, origin in batch])
+            for builder in builders:
+                builder.add(passages)
+            for p in passages:
+                if p.doc_id != last_doc:
+                    n_docs, last_doc = n_docs + 1, p.doc_id
+            n_passages += len(passages)
+            bar.update(task, completed=n_passages)
+    return n_docs, n_passages
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch

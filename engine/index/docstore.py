@@ -1,0 +1,188 @@
+"""The document store: passage id → text, title and provenance, in SQLite.
+
+Rows are numbered in insertion order starting at 0 (``row``); the dense index
+stores vectors in that same order, so a FAISS result row is a store row.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ragline.engine.errors import InputError
+from ragline.engine.types import Hit, Passage, Query
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS passages (
+    row     INTEGER PRIMARY KEY,
+    id      TEXT NOT NULL UNIQUE,
+    doc_id  TEXT NOT NULL,
+    title   TEXT NOT NULL,
+    text    TEXT NOT NULL,
+    start   INTEGER NOT NULL,
+    end     INTEGER NOT NULL
+)
+"""
+
+# SQLite limits the number of host parameters in one statement.
+_LOOKUP_CHUNK = 900
+
+
+class DocStore:
+    def __init__(self, path: str | Path, create: bool = False):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise FileNotFoundError(self.path)
+        # One connection shared by threads; the lock serialises access to it.
+        self._conn = sqlite3.connect(self.path, check_same_thread=False)
+        self._lock = threading.Lock()
+        # The connection closes with the store (or at exit), never lingers.
+        self._closer = weakref.finalize(self, self._conn.close)
+        if create:
+            self._conn.execute("PRAGMA journal_mode=OFF")
+            self._conn.execute("PRAGMA synchronous=OFF")
+            self._conn.execute(_SCHEMA)
+        self._next_row = self.count()
+
+    def add(self, passages: Sequence[Passage], origins: Sequence[str] | None = None) -> None:
+        rows = [
+            (self._next_row + i, p.id, p.doc_id, p.title, p.text, p.start, p.end)
+            for i, p in enumerate(passages)
+        ]
+        with self._lock:
+            try:
+                self._conn.executemany("INSERT INTO passages VALUES (?,?,?,?,?,?,?)", rows)
+            except sqlite3.IntegrityError:
+                self._raise_duplicate(passages, origins)
+            self._next_row += len(rows)
+
+    def _raise_duplicate(self, passages: Sequence[Passage], origins: Sequence[str] | None) -> None:
+        seen: set[str] = set()
+        for i, p in enumerate(passages):
+            # Rows of this batch may be in the table already (executemany stops
+            # at the failing row), so only rows of earlier batches count.
+            known = p.id in seen or self._conn.execute(
+                "SELECT 1 FROM passages WHERE id = ? AND row < ?", (p.id, self._next_row)
+            ).fetchone()
+            if known:
+                origin = origins[i] if origins else ""
+                path, _, line = origin.rpartition(":")
+                raise InputError(
+                    f"duplicate document id {p.id!r}",
+                    path=path or None,
+                    line=int(line) if line.isdigit() else None,
+                )
+            seen.add(p.id)
+        raise InputError("duplicate document id in a batch")
+
+    def commit(self) -> None:
+        with self._lock:
+            self._conn.commit()
+
+    def count(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
+
+    def ids_in_row_order(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT id FROM passages ORDER BY row")]
+
+    def get(self, ids: Iterable[str]) -> dict[str, Passage]:
+        ids = list(dict.fromkeys(ids))
+        found: dict[str, Passage] = {}
+        with self._lock:
+            for i in range(0, len(ids), _LOOKUP_CHUNK):
+                chunk = ids[i : i + _LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for pid, doc_id, title, text, start, end in self._conn.execute(
+                    f"SELECT id, doc_id, title, text, start, end FROM passages WHERE id IN ({marks})",
+                    chunk,
+                ):
+                    found[pid] = Passage(pid, doc_id, text, title, start, end)
+        return found
+
+    def doc_ids(self, ids: Iterable[str]) -> dict[str, str]:
+        """Passage id → document id, for folding passage hits to documents."""
+        return {pid: p.doc_id for pid, p in self.get(ids).items()}
+
+    @functools.cached_property
+    def has_chunks(self) -> bool:
+        """Whether any passage is a chunk (its id differs from its document's)."""
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM passages WHERE id != doc_id LIMIT 1").fetchone() is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closer()
+
+
+def fetch_passages(hits: Sequence[Hit]) -> list[Passage]:
+    """Texts of ``hits`` in order, one look-up per store. Hits without a store,
+    or whose id a store no longer holds, are left out (and logged)."""
+    return [p for p in _lookup(hits) if p is not None]
+
+
+def ranked_passages(query: Query, n: int) -> list[Passage]:
+    """Texts of the top ``n`` of the query's ranking, reusing ``query.passages``
+    when an earlier stage already fetched exactly those, in that order.
+
+    Stages pair ``query.ranking[i]`` with the i-th passage, so a hit whose
+    passage cannot be found is removed from the ranking (and logged) rather
+    than leaving the two lists out of step."""
+    hits = query.ranking[:n]
+    held = query.passages[: len(hits)]
+    if [p.id for p in held] == [h.id for h in hits]:
+        return held
+    found = _lookup(hits)
+    if None in found:
+        kept = [hit for hit, passage in zip(hits, found) if passage is not None]
+        query.ranking = kept + query.ranking[len(hits):]
+    return [p for p in found if p is not None]
+
+
+def _lookup(hits: Sequence[Hit]) -> list[Passage | None]:
+    by_store: dict[int, tuple[DocStore, list[str]]] = {}
+    for hit in hits:
+        if hit.store is not None:
+            by_store.setdefault(id(hit.store), (hit.store, []))[1].append(hit.id)
+    found: dict[tuple[int, str], Passage] = {}
+    for key, (store, ids) in by_store.items():
+        for pid, passage in store.get(ids).items():
+            found[(key, pid)] = passage
+    passages = [found.get((id(h.store), h.id)) if h.store is not None else None for h in hits]
+    missing = [h.id for h, p in zip(hits, passages) if p is None]
+    if missing:
+        log.warning("%d hit(s) have no passage text in their document store and were dropped: %s",
+                    len(missing), ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    return passages
+
+
+class MemoryStore:
+    """A document store held in a dict, with the read side of ``DocStore``: for
+    candidate pools that exist only for one evaluation (a question's own
+    paragraphs), where writing SQLite would be pointless."""
+
+    def __init__(self, passages: Iterable[Passage]):
+        self._by_id = {p.id: p for p in passages}
+        self.has_chunks = any(p.id != p.doc_id for p in self._by_id.values())
+
+    def get(self, ids: Iterable[str]) -> dict[str, Passage]:
+        return {pid: self._by_id[pid] for pid in ids if pid in self._by_id}
+
+    def doc_ids(self, ids: Iterable[str]) -> dict[str, str]:
+        return {pid: p.doc_id for pid, p in self.get(ids).items()}
+
+
+def query_over(query_id: str, text: str, passages: Sequence[Passage]) -> Query:
+    """A query whose candidates are given, in this order (source ``pool``,
+    no scores): for evaluations and stages that work on a fixed set."""
+    store = MemoryStore(passages)
+    hits = [Hit(p.id, 0.0, rank, "pool", store) for rank, p in enumerate(passages, 1)]
+    return Query(query_id, text, hits={"pool": hits}, ranking=hits)

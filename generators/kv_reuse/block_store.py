@@ -1,0 +1,130 @@
+"""Where prefilled blocks live between queries.
+
+Entries are keyed by (model id, exact token ids of the block): a block from
+another model or tokenizer can never be found, whatever its text. Two tiers:
+
+- memory: up to ``memory_bytes`` of tensors, least recently used evicted;
+- disk (optional ``directory``): one safetensors file per entry, written to
+  a temporary name and renamed, so a crash never leaves a half entry; it
+  survives restarts. A file that cannot be read or does not match its key is
+  deleted and counted as a miss (the block is then recomputed), never an
+  error.
+
+One lock guards the memory tier, so threads of one process may share a store.
+Counters (hits per tier, misses, bytes held) feed the generator's trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ragline.generators.kv_reuse.block_attention import BlockKV
+
+log = logging.getLogger(__name__)
+
+
+def block_key(model_id: str, token_ids: Sequence[int]) -> str:
+    digest = hashlib.sha256(model_id.encode() + b"\0" + b",".join(str(t).encode() for t in token_ids))
+    return digest.hexdigest()
+
+
+class BlockStore:
+    def __init__(self, model_id: str, memory_bytes: int = 2 << 30, directory: str | Path | None = None):
+        self.model_id = model_id
+        self.memory_bytes = memory_bytes
+        self.directory = Path(directory) if directory else None
+        self._memory: OrderedDict[str, BlockKV] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+        self.stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0, "evictions": 0, "discarded": 0}
+
+    @property
+    def bytes_held(self) -> int:
+        return self._held
+
+    def get_or_compute(self, token_ids: Sequence[int], compute: Callable[[], BlockKV]) -> BlockKV:
+        key = block_key(self.model_id, token_ids)
+        with self._lock:
+            block = self._memory.get(key)
+            if block is not None:
+                self._memory.move_to_end(key)
+                self.stats["memory_hits"] += 1
+                return block
+        block = self._read_disk(key, token_ids)
+        if block is not None:
+            self.stats["disk_hits"] += 1
+        else:
+            self.stats["misses"] += 1
+            block = compute()
+            self._write_disk(key, block)
+        self._remember(key, block)
+        return block
+
+    def _remember(self, key: str, block: BlockKV) -> None:
+        with self._lock:
+            if key in self._memory:
+                return
+            self._memory[key] = block
+            self._held += block.nbytes
+            while self._held > self.memory_bytes and len(self._memory) > 1:
+                _, evicted = self._memory.popitem(last=False)
+                self._held -= evicted.nbytes
+                self.stats["evictions"] += 1
+
+    # -- disk tier ---------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.safetensors"
+
+    def _read_disk(self, key: str, token_ids: Sequence[int]) -> BlockKV | None:
+        if self.directory is None:
+            return None
+        path = self._path(key)
+        if not path.exists():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                if meta.get("model") != self.model_id or json.loads(meta.get("token_ids", "null")) != list(token_ids):
+                    raise ValueError("entry does not match its key")
+                layers = int(meta["layers"])
+                keys = [handle.get_tensor(f"k{i}") for i in range(layers)]
+                values = [handle.get_tensor(f"v{i}") for i in range(layers)]
+        except Exception as err:  # unreadable, truncated or foreign: recompute instead of failing generation
+            log.warning("discarding the cached block %s (%s: %s); it will be recomputed", path, type(err).__name__, err)
+            self.stats["discarded"] += 1
+            path.unlink(missing_ok=True)
+            return None
+        return BlockKV(tuple(token_ids), keys, values)
+
+    def _write_disk(self, key: str, block: BlockKV) -> None:
+        if self.directory is None:
+            return
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"k{i}": t.contiguous().cpu() for i, t in enumerate(block.keys)}
+        tensors.update({f"v{i}": t.contiguous().cpu() for i, t in enumerate(block.values)})
+        meta = {"model": self.model_id, "token_ids": json.dumps(list(block.token_ids)), "layers": str(len(block.keys))}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def to_device(self, block: BlockKV, device: torch.device) -> BlockKV:
+        if all(t.device == device for t in block.keys):
+            return block
+        return BlockKV(block.token_ids, [t.to(device) for t in block.keys], [t.to(device) for t in block.values])

@@ -1,0 +1,115 @@
+"""Generation with per-passage KV reuse on the HF backend.
+
+Modes (the generate stage's ``kv_reuse``):
+
+- ``full``: the block prompt's tokens in one ordinary forward — the
+  reference, tokenised exactly like the block modes;
+- ``block``: pure block attention: the prefix and every number/passage block
+  come from the cache (prefilled alone on a miss), are laid out with their
+  keys rotated to their offsets, and only the final block is prefilled;
+- ``sink``: the training-free remedy for models not fine-tuned on blocks.
+  A stock model prefilled on a lone passage treats its first token as the
+  attention sink it always saw at position 0, and the block's states drift
+  from what they would be in a full prompt. Here each block is prefilled
+  after the first ``sink_tokens`` tokens of the shared prefix (default: all
+  of it), which it attends to and which are not stored; the sink is the same
+  for every block, so reuse is unchanged. The knob trades prefill cost per
+  miss (sink + block tokens) against fidelity.
+
+Cache entries are keyed by model id and the exact token ids (with the sink's,
+in ``sink`` mode). Each call reports hits, misses and bytes in its stats.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from ragline.engine.errors import ConfigError, user_facing_kernel
+from ragline.engine.lm.prompts import PromptBuilder
+from ragline.engine.types import Passage
+from ragline.generators.backend import Generation, Sampling
+from ragline.generators.kv_reuse.block_attention import assemble_cache, prefill_block, rotary_frequencies
+from ragline.generators.kv_reuse.block_prompt import block_prompt
+from ragline.generators.kv_reuse.block_store import BlockStore
+
+log = logging.getLogger(__name__)
+
+KV_REUSE_MODES = ("none", "full", "block", "sink")
+
+
+class PassageKVReuse:
+    def __init__(self, generator, mode: str = "block", sink_tokens: int | None = None,
+                 memory_bytes: int = 2 << 30, directory: str | None = None, shift: str = "auto"):
+        if mode not in KV_REUSE_MODES[1:]:
+            raise ConfigError(f"kv_reuse must be one of {', '.join(KV_REUSE_MODES)}; got {mode!r}")
+        if sink_tokens is not None and sink_tokens < 0:
+            raise ConfigError("sink_tokens must be >= 0")
+        self.generator = generator
+        self.mode = mode
+        self.sink_tokens = sink_tokens
+        self.memory_bytes = memory_bytes
+        self.directory = directory
+        self.shift_name = shift
+        self.store: BlockStore | None = None
+        self._inv_freq = None
+        self._shift = None
+
+    def warm_up(self) -> None:
+        if self.store is not None:
+            return
+        self.generator.warm_up()
+        model = self.generator.lm
+        self._inv_freq = rotary_frequencies(model)  # refuses models and RoPE types it cannot shift
+        self.store = BlockStore(self.generator.model, self.memory_bytes, self.directory)
+        self._shift = _shift_kernel(self.shift_name, model.device)
+
+    def generate(self, builder: PromptBuilder, question: str, passages: Sequence[Passage], sampling: Sampling,
+                 on_text: Callable[[str], None] | None = None) -> tuple[Generation, dict]:
+        self.warm_up()
+        started = time.perf_counter()
+        prompt = block_prompt(self.generator.tokenizer, builder, question, passages)
+        ids = prompt.all_ids
+        self.generator._check_window([ids], sampling)
+        if self.mode == "full":
+            generation = self.generator.generate_ids(ids, sampling, on_text)
+            return generation, {"kv_reuse": "full", "prefilled_tokens": len(ids)}
+
+        before = dict(self.store.stats)
+        model = self.generator.lm
+        sink = prompt.prefix[: self.sink_tokens] if self.mode == "sink" else []
+        pieces = ([prompt.prefix] if prompt.prefix else []) + prompt.blocks
+        blocks = []
+        for index, piece in enumerate(pieces):
+            # The prefix is the sink itself: it is prefilled as it is.
+            with_sink = sink if (sink and not (index == 0 and prompt.prefix)) else []
+            key = list(with_sink) + list(piece)
+            block = self.store.get_or_compute(key, lambda p=piece, s=with_sink: prefill_block(model, p, s))
+            blocks.append(self.store.to_device(block, model.device))
+        cache = assemble_cache(model, blocks, self._inv_freq, self._shift) if blocks else None
+        assembled = time.perf_counter() - started
+        generation = self.generator.generate_ids(ids, sampling, on_text, past_key_values=cache)
+        if generation.ttft is not None:
+            generation.ttft += assembled
+        stats = {key: self.store.stats[key] - before[key] for key in before}
+        stats.update(kv_reuse=self.mode, cached_tokens=prompt.cached_tokens, prefilled_tokens=len(prompt.final),
+                     cache_bytes=self.store.bytes_held)
+        return generation, stats
+
+
+def _shift_kernel(name: str, device):
+    if name == "auto":
+        from ragline.kernels.triton_runtime import prefer_triton
+
+        name = "triton" if prefer_triton(device) else "torch"
+        log.debug("RoPE shift on %s: the %s kernel", device, name)
+    if name == "triton":
+        from ragline.kernels.rope_shift_triton import rope_shift_triton
+
+        return user_facing_kernel(rope_shift_triton)
+    if name == "torch":
+        from ragline.kernels.rope_shift import rope_shift_reference
+
+        return rope_shift_reference
+    raise ConfigError(f"unknown RoPE shift kernel {name!r}; use auto, torch or triton")

@@ -1,0 +1,70 @@
+"""Generation with vLLM's offline ``LLM`` engine (optional ``gpu`` extra).
+
+vLLM is imported only when this backend warms up, so the rest of ragline
+runs where it cannot be installed. Automatic prefix caching is on: prompts
+that share a prefix (system prompt, then passages in the same order) reuse
+its KV blocks across requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from ragline.engine.errors import MissingDependency
+from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
+from ragline.generators.backend import Conversation, Generation, GeneratorBackend, Sampling
+
+
+class VLLMGenerator(GeneratorBackend):
+    backend = "vllm"
+
+    def __init__(self, model: str, dtype: str = "auto", gpu_memory_utilization: float = 0.85,
+                 max_model_len: int | None = None, tensor_parallel_size: int = 1, prefix_caching: bool = True):
+        self.model = canonical_model_id(model)
+        self.dtype = dtype
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.max_model_len = max_model_len
+        self.tensor_parallel_size = tensor_parallel_size
+        self.prefix_caching = prefix_caching
+        self.llm = None
+
+    def warm_up(self) -> None:
+        if self.llm is not None:
+            return
+        try:
+            import vllm
+        except ImportError as err:
+            raise MissingDependency(
+                "the vllm backend needs vLLM, which installs only with CUDA: pip install 'ragline[gpu]' "
+                f"({err})"
+            ) from None
+        options = dict(model=resolve_model_source(self.model), dtype=self.dtype,
+                       gpu_memory_utilization=self.gpu_memory_utilization,
+                       tensor_parallel_size=self.tensor_parallel_size,
+                       enable_prefix_caching=self.prefix_caching)
+        if self.max_model_len:
+            options["max_model_len"] = self.max_model_len
+        self.llm = vllm.LLM(**options)
+
+    def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[Generation]:
+        self.warm_up()
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                top_p=sampling.top_p, seed=sampling.seed, stop=list(sampling.stop) or None)
+        started = time.perf_counter()
+        outputs = self.llm.chat(list(conversations), params, use_tqdm=False)
+        seconds = time.perf_counter() - started
+        return [Generation(o.outputs[0].text.strip(), len(o.prompt_token_ids or ()), len(o.outputs[0].token_ids),
+                           _first_token_seconds(o), seconds) for o in outputs]
+
+
+def _first_token_seconds(output) -> float | None:
+    """vLLM's own time to first token for a request, when its metrics carry it."""
+    metrics = getattr(output, "metrics", None)
+    first = getattr(metrics, "first_token_time", None)
+    arrival = getattr(metrics, "arrival_time", None)
+    if first is None or arrival is None:
+        return None
+    return first - arrival
