@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ragline-setup
 FAISS_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 DEMO_INDEX  := .demo-index
 
-.PHONY: setup demo test lint bench extra-models clean
+.PHONY: setup demo test lint fuzz bench extra-models clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,12 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check --quiet .
 	$(BIN)/lint-imports --no-cache
+
+# Every data reader on random and damaged files, with many more examples than
+# the test suite's 25 per reader (a few minutes); failing inputs are kept in
+# .cache/hypothesis and replayed first by later runs.
+fuzz: $(STAMP)
+	RAGLINE_FUZZ_EXAMPLES=$${RAGLINE_FUZZ_EXAMPLES:-2000} $(BIN)/python -m pytest tests/test_reader_fuzz.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/retrieval.py

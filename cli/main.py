@@ -36,6 +36,15 @@ app.add_typer(calibrate_app, name="calibrate")
 out = terminal.stdout()
 err = terminal.stderr()
 
+EncodingErrors = Annotated[str, typer.Option(
+    "--encoding-errors", help="Input bytes that are not UTF-8: 'strict' (an error naming file:line) or 'replace' (read as U+FFFD).")]
+
+
+def _encoding_errors(value: str) -> str:
+    if value not in ("strict", "replace"):
+        raise typer.BadParameter(f"{value!r} is not 'strict' or 'replace'", param_hint="'--encoding-errors'")
+    return value
+
 
 @app.callback()
 def options(
@@ -69,19 +78,22 @@ def _log_to_stderr(level: int) -> None:
 @app.command()
 def index(
     corpus: Annotated[Path, typer.Argument(help="Corpus file or folder.")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Index folder to create (replaced atomically if present).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Index folder to create; an existing ragline index there is replaced atomically, anything else is refused.")],
     bm25: Annotated[bool, typer.Option("--bm25", help="Build a BM25 (Lucene) component.")] = False,
     dense: Annotated[Optional[str], typer.Option("--dense", help="Build a dense component with this encoder (hub id, path, or 'default').")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, beir, trec, jsonl or dir.")] = "auto",
     faiss: Annotated[str, typer.Option("--faiss", help="FAISS preset (flat, hnsw, ivfpq) or index_factory string.")] = "flat",
-    window: Annotated[Optional[int], typer.Option(help="Chunk documents into passages of this many words.")] = None,
-    overlap: Annotated[int, typer.Option(help="Words shared by consecutive chunks.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="Lucene indexing threads.")] = None,
+    window: Annotated[Optional[int], typer.Option(min=1, help="Chunk documents into passages of this many words.")] = None,
+    overlap: Annotated[int, typer.Option(min=0, help="Words shared by consecutive chunks.")] = 0,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Lucene indexing threads.")] = None,
+    encoding_errors: EncodingErrors = "strict",
 ) -> None:
     """Build an index over a corpus: BM25, dense, or both (default: both)."""
     from ragline.engine.index.build import build_index
     from ragline.engine.lm.encoders import DEFAULT_ENCODER
 
+    if window is not None and overlap >= window:
+        raise typer.BadParameter(f"{overlap} must be smaller than --window ({window})", param_hint="'--overlap'")
     components: dict[str, dict] = {}
     if not bm25 and dense is None:
         bm25, dense = True, "default"
@@ -89,7 +101,8 @@ def index(
         components["bm25"] = {"threads": threads}
     if dense is not None:
         components["dense"] = {"encoder": DEFAULT_ENCODER if dense == "default" else dense, "factory": faiss}
-    meta = build_index(corpus, out_dir, components, fmt=fmt, window=window, overlap=overlap, progress=sys.stderr.isatty())
+    meta = build_index(corpus, out_dir, components, fmt=fmt, window=window, overlap=overlap, progress=sys.stderr.isatty(),
+                       encoding_errors=_encoding_errors(encoding_errors))
     out.print(
         f"[green]indexed[/] {meta['documents']:,} documents ({meta['passages']:,} passages) "
         f"into {out_dir} with {', '.join(meta['components'])}"
@@ -100,7 +113,7 @@ def index(
 def query(
     index_dir: Annotated[Path, typer.Argument(help="Index folder.")],
     text: Annotated[str, typer.Argument(help="The query.")],
-    k: Annotated[int, typer.Option("--k", "-k", help="How many passages to show.")] = 10,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="How many passages to show.")] = 10,
     retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -133,9 +146,10 @@ def search(
     index_dir: Annotated[Path, typer.Argument(help="Index folder.")],
     topics: Annotated[Path, typer.Option("--topics", help="Topics: TREC, BEIR queries.jsonl, or qid<TAB>text.")],
     output: Annotated[Path, typer.Option("--output", help="TREC run file to write.")],
-    k: Annotated[int, typer.Option("--k", "-k", help="Results per query.")] = 1000,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Results per query.")] = 1000,
     retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
     tag: Annotated[str, typer.Option(help="Run tag (last column).")] = "ragline",
+    encoding_errors: EncodingErrors = "strict",
 ) -> None:
     """Run every topic through a retriever and write a TREC run file."""
     from ragline.engine.data.runfile import write_run
@@ -143,7 +157,7 @@ def search(
     from ragline.engine.retrieval_pipeline import fold_to_documents, retrieval_pipeline
     from ragline.engine.types import Query
 
-    pairs = read_topics(topics)
+    pairs = read_topics(topics, _encoding_errors(encoding_errors))
     pipeline = retrieval_pipeline(str(index_dir), retriever, k=k, top_k=0)
     results = pipeline.run([Query(id=qid, text=text) for qid, text in pairs])
     write_run(output, {q.id: fold_to_documents(q.ranking) for q in results}, tag=tag)
@@ -156,6 +170,7 @@ def run(
     queries: Annotated[Optional[Path], typer.Option("--queries", help="Topics file (TREC, BEIR queries.jsonl, qid<TAB>text).")] = None,
     query_text: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query; repeatable.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Write one JSON object per query here.")] = None,
+    encoding_errors: EncodingErrors = "strict",
 ) -> None:
     """Run a whole pipeline from a YAML file over a set of queries."""
     from ragline.engine.atomic import atomic_file
@@ -163,7 +178,8 @@ def run(
     from ragline.engine.pipeline import Pipeline
     from ragline.engine.types import Query
 
-    items = [Query(id=qid, text=text) for qid, text in read_topics(queries)] if queries else []
+    pairs = read_topics(queries, _encoding_errors(encoding_errors)) if queries else []
+    items = [Query(id=qid, text=text) for qid, text in pairs]
     items += [Query(id=f"q{i}", text=t) for i, t in enumerate(query_text or [])]
     if not items:
         raise RaglineError("give queries with --queries FILE or --query TEXT")
@@ -191,12 +207,12 @@ def ask(
     pipeline_file: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline YAML; stages that read an index and name none read INDEX_DIR. A 'generate' stage is added if it has none.")] = None,
     retriever: Annotated[str, typer.Option(help="Without --pipeline: auto, bm25, dense or hybrid.")] = "auto",
     reranker: Annotated[Optional[str], typer.Option("--reranker", help="Without --pipeline: rerank with this cross-encoder (hub id or folder).")] = None,
-    depth: Annotated[int, typer.Option(help="Without --pipeline: candidates retrieved (and reranked).")] = 50,
-    passages: Annotated[int, typer.Option("--passages", "-k", help="Without --pipeline: passages shown to the generator.")] = 5,
+    depth: Annotated[int, typer.Option(min=1, help="Without --pipeline: candidates retrieved (and reranked).")] = 50,
+    passages: Annotated[int, typer.Option("--passages", "-k", min=1, help="Without --pipeline: passages shown to the generator.")] = 5,
     backend: Annotated[str, typer.Option(help="Without --pipeline: hf, vllm or http.")] = "hf",
     url: Annotated[Optional[str], typer.Option(help="Without --pipeline, for --backend http: the server's /v1 address.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Without --pipeline: the generator model (default SmolLM2-135M-Instruct).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Without --pipeline: answer length limit in tokens.")] = 128,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Without --pipeline: answer length limit in tokens.")] = 128,
     stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
 ) -> None:
@@ -242,30 +258,63 @@ def _timing_line(result) -> str:
     return "[dim]" + " · ".join(parts) + "[/]"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every write in progress cleans up."""
+
+
+_signal_received: list[int] = []
+
+
+def _terminate(signum, frame) -> None:
+    _signal_received.append(signum)
+    raise Terminated()
+
+
+INTERRUPTED = "interrupted: nothing was written (outputs are put in place only when complete)"
+
+
 def main() -> None:
     """Entry point: user errors become a one-line message and an exit code."""
+    import signal
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         for plugin in entry_points(group="ragline.cli"):
             plugin.load()(app, {"train": train_app, "calibrate": calibrate_app})
-        app(standalone_mode=False)
+        # Outside standalone mode typer returns the exit code of an
+        # interrupted command (130) instead of raising.
+        code = app(standalone_mode=False)
     except RaglineError as error:
         err.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/]")
-        sys.exit(130)
-    except (typer.Abort, typer.Exit) as stop:
-        sys.exit(getattr(stop, "exit_code", 1))
-    except Exception as error:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.ClickException):
+        _interrupted()
+    except typer.Exit as stop:
+        sys.exit(stop.exit_code)
+    except typer.Abort as abort:
+        if isinstance(abort.__cause__, KeyboardInterrupt):
+            _interrupted()
+        err.print(f"[red]aborted[/] ({type(abort.__cause__).__name__ if abort.__cause__ else 'no reason given'})")
+        sys.exit(1)
+    except Exception as error:
+        # Usage errors (bad option values, unknown commands) from typer's own
+        # click or from click itself: printed as click prints them.
+        if hasattr(error, "show") and isinstance(getattr(error, "exit_code", None), int):
             error.show()
             sys.exit(error.exit_code)
         raise
+    if code == 130:
+        _interrupted()
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _interrupted() -> None:
+    err.print(f"[red]{INTERRUPTED}[/]", highlight=False)
+    sys.exit(143 if _signal_received else 130)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,37 @@
 """Write files and directories so that readers see the old version or the new
-one, never a half-written one, and a failure leaves nothing behind."""
+one, never a half-written one, and a failure leaves nothing behind.
+
+A directory is built in a temporary folder beside its place and swapped in
+whole. Three rules keep a user's files safe:
+
+- only an empty folder, or one that ragline wrote (it holds the marker file
+  ``.ragline-output``, or the caller recognises it, e.g. an index's
+  ``meta.json``), is ever replaced; anything else is refused;
+- the output may not be, contain or sit inside one of the inputs;
+- a build killed before it finished leaves only its temporary folder, and the
+  next build of the same place removes it: every temporary folder is locked
+  (``flock``) by the process building it, so one whose lock can be taken
+  belongs to a process that is gone.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from ragline.engine.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".ragline-output"
 
 
 @contextlib.contextmanager
@@ -21,6 +44,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -33,22 +57,137 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(path: str | Path, kind: str = "output",
+                     recognise: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``. On success it takes
-    the place of ``path`` (an existing one is removed only after the new one is
-    complete); on failure or interruption it is deleted and ``path`` is untouched."""
+    the place of ``path`` in one step; on failure or interruption it is deleted
+    and ``path`` is untouched. ``kind`` names what is written, for messages;
+    ``recognise(path)`` says whether an existing folder is one of ours that
+    predates the marker file."""
     path = Path(path).absolute()
+    check_replaceable(path, kind, recognise)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.building-"))
+    lock = _lock_directory(tmp)
     try:
         yield tmp
+        (tmp / MARKER).write_text(f"{kind}\n", encoding="utf-8")
+        os.chmod(tmp, 0o777 & ~_umask())
+        check_replaceable(path, kind, recognise)  # again: something may have appeared meanwhile
+        _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+    finally:
+        os.close(lock)
+
+
+def refuse_overlap(output: str | Path, *inputs: str | Path | None, option: str = "--out") -> None:
+    """An output that is, contains or sits inside an input would destroy it
+    (or read itself as input): refuse it."""
+    out = Path(output).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if out == source or out in source.parents or source in out.parents:
+            raise InputError(f"{option} {output} overlaps the input {given}: the output may not be, "
+                             "contain or sit inside its input; choose another place")
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary folders of builds of ``path`` whose process is gone;
+    a previous folder stranded by a crash between two renames goes back first."""
+    for candidate in sorted(path.parent.glob(f".{path.name}.old-*")) + sorted(path.parent.glob(f".{path.name}.building-*")):
+        if not candidate.is_dir():
+            continue
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live build holds it
+        else:
+            stranded = candidate / "previous"
+            if not path.exists() and stranded.is_dir():
+                log.warning("restoring %s from %s, left by an interrupted build", path, stranded)
+                os.replace(stranded, path)
+            log.info("removing %s, left by an interrupted build", candidate)
+            shutil.rmtree(candidate, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def check_replaceable(path: Path, kind: str, recognise: Callable[[Path], bool] | None = None) -> None:
+    """Refuse (``InputError``) a ``path`` that ``atomic_directory`` would not
+    replace; commands that work long before writing call it first."""
+    path = Path(path).absolute()
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        if (path / MARKER).is_file() or (recognise is not None and recognise(path)) or not any(path.iterdir()):
+            return
+        raise InputError(f"{path} exists and is not a {kind} ragline wrote; refusing to replace it "
+                         "(remove it yourself, or choose another place)")
+    raise InputError(f"{path} exists and is not a folder; refusing to replace it with a {kind}")
+
+
+def _lock_directory(directory: Path) -> int:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """``tmp`` becomes ``path``. Where the kernel can exchange two names in one
+    step (Linux ``renameat2``), there is no moment without a folder at
+    ``path``; the previous one ends up at ``tmp`` and is removed."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    if _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # Two renames: a crash between them leaves the previous folder beside
+    # ``path`` under ``.NAME.old-*``, intact.
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+    lock = _lock_directory(old)
+    try:
         os.replace(path, old / "previous")
-    os.replace(tmp, path)
-    if old is not None:
+        os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
+    finally:
+        os.close(lock)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), or by the classic
+    set-and-restore elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask

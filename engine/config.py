@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ragline.engine.atomic import atomic_write_text
+from ragline.engine.data.text import read_text
 from ragline.engine.errors import ConfigError
 from ragline.engine.registry import STAGES, lookup
 
@@ -35,7 +36,9 @@ def load_pipeline(path: str | Path, pipeline_class: type, defaults: dict[str, An
     if not path.is_file():
         raise ConfigError("pipeline file not found", path=path)
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        root = yaml.compose(read_text(path), Loader=yaml.SafeLoader)  # bytes not UTF-8: an InputError at file:line
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply", path=path) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         raise ConfigError(
@@ -45,6 +48,7 @@ def load_pipeline(path: str | Path, pipeline_class: type, defaults: dict[str, An
         ) from None
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError("expected a mapping with a 'stages' list", path=path, line=_line(root))
+    _check_plain_keys(root, path)
     top = {key.value: value for key, value in root.value}
     unknown = set(top) - _PIPELINE_KEYS
     if unknown:
@@ -53,7 +57,7 @@ def load_pipeline(path: str | Path, pipeline_class: type, defaults: dict[str, An
     if not isinstance(stages_node, yaml.SequenceNode) or not stages_node.value:
         raise ConfigError("'stages' must be a non-empty list", path=path, line=_line(stages_node or root))
     stages = [_build_stage(item, path, defaults or {}) for item in stages_node.value]
-    options = {k: _plain(v) for k, v in top.items() if k != "stages"}
+    options = {k: _plain(v, path) for k, v in top.items() if k != "stages"}
     try:
         return pipeline_class(stages, **options)
     except TypeError as err:
@@ -66,9 +70,10 @@ def _build_stage(item: yaml.Node, path: Path, defaults: dict[str, Any]):
     line = _line(item)
     if not isinstance(item, yaml.MappingNode) or len(item.value) != 1:
         raise ConfigError("each stage is a one-key mapping, e.g. '- bm25: {index: idx}'", path=path, line=line)
+    _check_plain_keys(item, path)
     key_node, params_node = item.value[0]
     name = key_node.value
-    params = _plain(params_node)
+    params = _plain(params_node, path)
     if params is None:
         params = {}
     if not isinstance(params, dict):
@@ -83,7 +88,9 @@ def _build_stage(item: yaml.Node, path: Path, defaults: dict[str, Any]):
     try:
         return cls(**params)
     except ConfigError as err:
-        raise ConfigError(f"stage {name!r}: {err}", path=path, line=line) from None
+        # Stages name themselves in their messages ("bm25: k1: ..."); say it once.
+        message = str(err) if str(err).startswith(f"{name}:") else f"stage {name!r}: {err}"
+        raise ConfigError(message, path=path, line=line) from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"stage {name!r}: {err}", path=path, line=line) from None
 
@@ -100,8 +107,23 @@ def _check_params(cls: type, name: str, params: dict, path: Path, line: int | No
         )
 
 
-def _plain(node: yaml.Node) -> Any:
-    return yaml.SafeLoader("").construct_document(node)
+def _check_plain_keys(mapping: yaml.MappingNode, path: Path) -> None:
+    """Keys that name something are plain words: a list or a mapping as a key
+    (YAML allows both) cannot be looked up."""
+    for key, _ in mapping.value:
+        if not isinstance(key, yaml.ScalarNode):
+            raise ConfigError("a key here must be a plain name, not a list or a mapping", path=path, line=_line(key))
+
+
+def _plain(node: yaml.Node, path: Path) -> Any:
+    try:
+        return yaml.SafeLoader("").construct_document(node)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML: {getattr(err, 'problem', None) or err}", path=path, line=_line(node)) from None
+    except ValueError:  # an integer longer than int() converts (4300 digits)
+        raise ConfigError("a number with too many digits", path=path, line=_line(node)) from None
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply", path=path, line=_line(node)) from None
 
 
 def _line(node: yaml.Node | None) -> int | None:

@@ -10,6 +10,7 @@ from typing import Any
 from ragline.engine.config import load_pipeline, save_pipeline_config
 from ragline.engine.errors import ConfigError
 from ragline.engine.index.docstore import fetch_passages
+from ragline.engine.settings import NonNegativeInt, PositiveInt, check_settings
 from ragline.engine.stage import Stage
 from ragline.engine.types import Query, StageTrace
 
@@ -23,11 +24,10 @@ class Pipeline:
     pair passages with hits by id.
     """
 
-    def __init__(self, stages: Sequence[Stage], top_k: int = 10, batch_size: int = 256):
+    def __init__(self, stages: Sequence[Stage], top_k: NonNegativeInt = 10, batch_size: PositiveInt = 256):
         if not stages:
             raise ConfigError("a pipeline needs at least one stage")
-        if top_k < 0 or batch_size < 1:
-            raise ConfigError("top_k must be >= 0 and batch_size >= 1")
+        check_settings("pipeline", Pipeline.__init__, {"top_k": top_k, "batch_size": batch_size})
         self.stages = list(stages)
         self.top_k = top_k
         self.batch_size = batch_size

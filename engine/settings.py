@@ -65,7 +65,9 @@ def _settings_model(init):
     for name, parameter in inspect.signature(init).parameters.items():
         if name == "self" or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
             continue
-        default = ... if parameter.default is parameter.empty else parameter.default
+        # Only the arguments given are checked (the signature itself says what
+        # is required), so no field is required here.
+        default = None if parameter.default is parameter.empty else parameter.default
         fields[name] = (hints.get(name, Any), default)
     config = pydantic.ConfigDict(arbitrary_types_allowed=True)
     return pydantic.create_model(f"{init.__qualname__}.settings", __config__=config, **fields)

@@ -51,7 +51,7 @@ def eval_beir(
     pipeline: Annotated[Optional[Path], typer.Option(help="Pipeline YAML (instead of --index/--retriever).")] = None,
     retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
     split: Annotated[str, typer.Option(help="qrels split.")] = "test",
-    k: Annotated[int, typer.Option("--k", help="Results per query.")] = 1000,
+    k: Annotated[int, typer.Option("--k", min=1, help="Results per query.")] = 1000,
     metrics: Annotated[str, typer.Option(help="Comma-separated, e.g. nDCG@10,Recall@100,MAP@100.")] = "nDCG@10,Recall@100,MAP@100",
     remove_query: Annotated[Optional[bool], typer.Option("--remove-query/--keep-query", help="Drop hits on the query's own id (default: on for arguana, quora).")] = None,
     results: Annotated[Optional[Path], typer.Option("--out", help="Folder for run.trec, per_query.jsonl, summary.json.")] = None,
@@ -92,7 +92,7 @@ def eval_posir(
     encoder: Annotated[Optional[list[str]], typer.Option(help="Encoder (hub id, path, packaged name); repeat to compare (default all-MiniLM-L6-v2).")] = None,
     langs: Annotated[Optional[str], typer.Option(help="Comma-separated languages, e.g. eng-Latn,deu-Latn.")] = None,
     cross_lingual: Annotated[bool, typer.Option(help="Search every language's queries against the English corpus.")] = False,
-    max_seq_length: Annotated[Optional[int], typer.Option(help="Override the encoder's input length limit.")] = None,
+    max_seq_length: Annotated[Optional[int], typer.Option(min=1, help="Override the encoder's input length limit.")] = None,
     results: Annotated[Optional[Path], typer.Option("--out", help="Folder for per_query.jsonl, summary.json, position.png.")] = None,
 ) -> None:
     """Retrieval quality against the position of the evidence in the document."""
@@ -128,7 +128,7 @@ def eval_posir(
 def build_posir_command(
     source: Annotated[Path, typer.Option("--from", help="HotpotQA-format JSONL with supporting facts.")],
     folder: Annotated[Path, typer.Option("--out", help="PosIR root folder to write.")],
-    limit: Annotated[Optional[int], typer.Option(help="Use only the first N questions.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N questions.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the choice of filler text.")] = 0,
 ) -> None:
     """Build a position-controlled PosIR benchmark from QA data with evidence labels."""
@@ -143,7 +143,7 @@ def eval_qa(
     data: Annotated[Path, typer.Argument(help="HotpotQA-format JSONL.")],
     pipeline: Annotated[Optional[Path], typer.Option(help="Pipeline YAML; without one the raw candidates are scored.")] = None,
     setting: Annotated[str, typer.Option(help="distractor (own 10 paragraphs), gold (only the gold ones) or open (shared index).")] = "distractor",
-    limit: Annotated[Optional[int], typer.Option(help="Use only the first N questions.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N questions.")] = None,
     complete_only: Annotated[bool, typer.Option(help="Only questions whose supporting facts are all in their context.")] = False,
     results: Annotated[Optional[Path], typer.Option("--out", help="Folder for per_question.jsonl and summary.json.")] = None,
 ) -> None:

@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from ragline.engine.atomic import atomic_directory
+from ragline.engine.atomic import atomic_directory, refuse_overlap
 from ragline.engine.data.hotpotqa import HotpotQuestion, read_hotpotqa
 from ragline.engine.lm.encoders import DEFAULT_ENCODER
 from ragline.engine.lm.packaged import resolve_model_source
@@ -32,12 +32,13 @@ def build_posir(source: Path, out: Path, tokenizer_name: str = DEFAULT_ENCODER, 
     import pandas as pd
     from transformers import AutoTokenizer
 
+    refuse_overlap(out, source)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(tokenizer_name))
     tokenizer.model_max_length = 1_000_000  # only counting tokens; no model sees these
     questions = [q for q in read_hotpotqa(source, limit) if q.supporting_sentences()]
     pool = _filler_pool(questions)
     counts = {}
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "PosIR set", recognise=lambda p: (p / LANGUAGE).is_dir()) as tmp:
         for domain, target in LENGTHS.items():
             rng = random.Random(f"{seed}-{domain}")
             positions = [(b + 0.5) / BINS for b in range(BINS)]  # bin centres

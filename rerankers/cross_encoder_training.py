@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragline.engine.atomic import atomic_directory
+from ragline.engine.atomic import atomic_directory, check_replaceable
 from ragline.engine.data.hotpotqa import HotpotQuestion
 from ragline.engine.errors import InputError
 
@@ -105,6 +105,13 @@ def query_groups(pairs: Sequence[Pair]) -> list[list[Pair]]:
     return list(groups.values())
 
 
+MODEL_KIND = "cross-encoder model"
+
+
+def _is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
 def train_cross_encoder(pairs: Sequence[Pair], base: str, out: str | Path, settings: TrainingSettings = TrainingSettings(),
                         device: str | None = None, progress: bool = True) -> dict:
     """Fine-tune ``base`` on ``pairs`` and save it to ``out``; returns a summary."""
@@ -115,6 +122,7 @@ def train_cross_encoder(pairs: Sequence[Pair], base: str, out: str | Path, setti
 
     if settings.loss not in LOSSES:
         raise InputError(f"unknown loss {settings.loss!r}; use {' or '.join(LOSSES)}")
+    check_replaceable(Path(out), MODEL_KIND, _is_model_folder)  # before the training, not after it
     groups = query_groups(pairs)
     if settings.loss == "listwise":
         groups = [g for g in groups if any(p.label > 0 for p in g) and any(p.label <= 0 for p in g)]
@@ -158,7 +166,7 @@ def train_cross_encoder(pairs: Sequence[Pair], base: str, out: str | Path, setti
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     bar.close()
     network.eval()
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, MODEL_KIND, recognise=_is_model_folder) as tmp:
         encoder.save(str(tmp))
     return {"pairs": len(used), "queries": len(groups), "positives": sum(p.label > 0 for p in used), "steps": total_steps,
             "first_loss": losses[0], "last_loss": sum(losses[-20:]) / len(losses[-20:]), "out": str(out)}

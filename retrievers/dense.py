@@ -16,7 +16,7 @@ import numpy as np
 
 from ragline.engine.errors import ConfigError, EncoderMismatch, RaglineError
 from ragline.engine.index.layout import IndexDir
-from ragline.engine.lm.encoders import DEFAULT_ENCODER, encode_texts, load_sentence_encoder
+from ragline.engine.lm.encoders import DEFAULT_ENCODER, encode_texts, encoder_fingerprint, load_sentence_encoder
 from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.settings import PositiveInt
 from ragline.engine.types import Passage
@@ -62,6 +62,7 @@ class DenseIndexBuilder:
         meta = {
             "format_version": FORMAT_VERSION,
             "encoder": canonical_model_id(self.encoder),
+            "encoder_fingerprint": encoder_fingerprint(self.encoder),
             "dim": dim,
             "metric": "inner_product",
             "normalized": True,
@@ -120,6 +121,12 @@ class Dense(Retriever):
         self._ids = self._store.ids_in_row_order()
         if len(self._ids) != faiss_index.ntotal:
             raise RaglineError(f"index {self.index} is inconsistent: {faiss_index.ntotal} vectors, {len(self._ids)} passages")
+        recorded = meta.get("encoder_fingerprint")  # absent in indexes built before it was recorded
+        if recorded is not None and encoder_fingerprint(meta["encoder"]) not in (recorded, None):
+            raise EncoderMismatch(
+                f"the encoder {meta['encoder']!r} has changed since index {self.index} was built "
+                "(its configuration, tokenizer or weights differ); rebuild the index, or restore the encoder"
+            )
         self._model = load_sentence_encoder(meta["encoder"], self.device)
         if self._model.get_embedding_dimension() != meta["dim"]:
             raise EncoderMismatch(f"encoder {meta['encoder']!r} now gives {self._model.get_embedding_dimension()} dimensions, the index has {meta['dim']}")

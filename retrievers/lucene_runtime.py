@@ -15,7 +15,11 @@
    right after, so no other OpenAI client in the process (ragline's http
    generator, the user's own) ever sees it; a key the user set is left alone.
    Nothing is ever sent.
-4. ``JAVA_HOME`` is pointed at Java 21 only while the JVM starts, then put
+4. The JVM runs with ``-Xrs``: Ctrl-C and SIGTERM reach Python, so an
+   interrupted build removes its temporary folder and says so.
+5. Lucene's limit of 1,024 clauses per query is raised (``MAX_QUERY_TERMS``):
+   each distinct query term is a clause, and long queries must work.
+6. ``JAVA_HOME`` is pointed at Java 21 only while the JVM starts, then put
    back as it was.
 """
 
@@ -32,6 +36,7 @@ from pathlib import Path
 from ragline.engine.errors import MissingDependency, RaglineError
 
 _lock = threading.Lock()
+MAX_QUERY_TERMS = 1 << 20
 _started = False
 
 
@@ -55,9 +60,15 @@ def ensure_lucene() -> None:
                     *(o for o in jnius_config.get_options() if "jdk.incubator.vector" not in o),
                     f"-Dlog4j2.configurationFile={here / 'lucene_log4j2.xml'}",
                     f"-Djava.util.logging.config.file={here / 'lucene_jul.properties'}",
+                    # Leave SIGINT and SIGTERM to Python: the JVM's own handlers
+                    # would exit the process without letting a build clean up.
+                    "-Xrs",
                 )
-            import jnius  # noqa: F401  (starts the JVM)
+            import jnius  # (starts the JVM)
 
+        # A query becomes one clause per distinct term; Lucene's default cap of
+        # 1,024 clauses would make a long query (a pasted document) an error.
+        jnius.autoclass("org.apache.lucene.search.IndexSearcher").setMaxClauseCount(MAX_QUERY_TERMS)
         _started = True
 
 

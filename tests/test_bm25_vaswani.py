@@ -59,3 +59,16 @@ def test_k1_b_change_the_ranking(vaswani_bm25_index, vaswani_queries):
     default = BM25(str(vaswani_bm25_index), k=20).search([text])[0]
     other = BM25(str(vaswani_bm25_index), k=20, k1=2.0, b=1.0).search([text])[0]
     assert [s for _, s in default] != [s for _, s in other]
+
+
+def test_a_query_with_thousands_of_distinct_terms_works(vaswani_bm25_index):
+    """Lucene allows 1,024 clauses per query by default; each distinct term is one."""
+    import random
+    import string
+
+    from ragline.retrievers.bm25 import BM25
+
+    rng = random.Random(0)
+    noise = " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(7)) for _ in range(3000))
+    (hits,) = BM25(str(vaswani_bm25_index), k=5).search([noise + " compact memories"])
+    assert len(hits) == 5

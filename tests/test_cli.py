@@ -80,7 +80,8 @@ def test_malformed_corpus_exits_2_with_file_and_line(tmp_path):
 def test_bad_inputs_give_clear_errors(tmp_path, docs_index):
     missing = ragline("query", tmp_path / "nope", "x")
     assert missing.returncode == 1 and "no ragline index" in missing.stderr
-    unknown = ragline("index", tmp_path, "--out", tmp_path / "idx", "--format", "xml")
+    (tmp_path / "corpus").mkdir()
+    unknown = ragline("index", tmp_path / "corpus", "--out", tmp_path / "idx", "--format", "xml")
     assert unknown.returncode == 2 and "unknown corpus format" in unknown.stderr
     (tmp_path / "empty.jsonl").write_text("")
     empty = ragline("index", tmp_path / "empty.jsonl", "--out", tmp_path / "idx2", "--bm25")
@@ -148,3 +149,14 @@ def test_verbose_says_what_falls_back_and_quiet_says_nothing(docs_index):
     assert "INFO ragline.retrievers.faiss_index: FAISS searches on the CPU" in verbose.stderr
     quiet = ragline("--quiet", "query", docs_index, "renamed into place", "--retriever", "dense", "--k", "1")
     assert quiet.returncode == 0 and "FAISS searches" not in quiet.stderr
+
+
+def test_bytes_that_are_not_utf8_are_one_line_or_replaced_when_asked(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(b'{"id": "a", "text": "fine"}\n{"id": "b", "text": "caf\xe9 au lait"}\n')
+    refused = ragline("index", corpus, "--out", tmp_path / "idx", "--bm25")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == f"error: {corpus}:2: not valid UTF-8 (byte 0xe9 at column 25)"
+    replaced = ragline("index", corpus, "--out", tmp_path / "idx", "--bm25", "--encoding-errors", "replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "indexed 2 documents" in replaced.stdout

@@ -55,7 +55,7 @@ def test_selection_is_greedy_within_the_budget_and_keeps_original_order():
     assert leading.select([0.5, float("-inf")], [1, 1]) == [0]  # -inf is never kept
     with pytest.raises(ConfigError, match="one of ratio, budget or threshold"):
         LeadingSentences(ratio=0.5, budget=10)
-    with pytest.raises(ConfigError, match="fraction"):
+    with pytest.raises(ConfigError, match="ratio: input should be less than or equal to 1"):
         LeadingSentences(ratio=2.0)
 
 

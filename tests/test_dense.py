@@ -82,3 +82,26 @@ def test_short_and_local_model_names_canonicalise(tmp_path):
     assert canonical_model_id("all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
     assert canonical_model_id(str(tmp_path)) == str(tmp_path.resolve())
     assert canonical_model_id("org/model") == "org/model"
+
+
+def test_an_encoder_folder_changed_in_place_is_refused(tmp_path):
+    """Same name, same dimension, pooling switched from mean to CLS: the index
+    would rank differently, so it must not answer."""
+    import json
+    import shutil
+
+    from ragline.engine.lm.packaged import packaged_model_path
+
+    encoder = tmp_path / "encoder"
+    shutil.copytree(packaged_model_path("all-MiniLM-L6-v2"), encoder)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": str(i), "text": f"document number {i} about topic {i % 3}"}) + "\n"
+                              for i in range(12)))
+    build_index(corpus, tmp_path / "idx", {"dense": {"encoder": str(encoder)}})
+    Dense(str(tmp_path / "idx")).warm_up()
+    pooling = encoder / "1_Pooling" / "config.json"
+    config = json.loads(pooling.read_text())
+    config.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    pooling.write_text(json.dumps(config))
+    with pytest.raises(EncoderMismatch, match="has changed since index"):
+        Dense(str(tmp_path / "idx")).warm_up()

@@ -118,3 +118,36 @@ def test_warm_up_loads_once_however_often_called():
     stage.warm_up()
     Pipeline([stage]).run(["q"])
     assert Counting.loads == 1
+
+
+@pytest.mark.parametrize("stage, message", [
+    ('bm25: {index: idx, k1: "high"}', r"bm25: k1: input should be a valid number"),
+    ("bm25: {index: idx, k: 2.5}", r"bm25: k: input should be a valid integer, got a number with a fractional part"),
+    ('bm25: {index: idx, k: "many"}', r"bm25: k: input should be a valid integer"),
+    ("bm25: {index: idx, k: 0}", r"bm25: k: input should be greater than or equal to 1"),
+    ('fuse: {method: weighted, weights: {bm25: "x"}}', r"fuse: weights.bm25: input should be a valid number"),
+    ("generate: {top_p: 0}", r"generate: top_p: input should be greater than 0"),
+    ("sentinel: {ratio: 5}", r"sentinel: ratio: input should be less than or equal to 1"),
+])
+def test_bad_setting_values_name_the_file_line_and_setting(tmp_path, stage, message):
+    config = tmp_path / "p.yaml"
+    config.write_text(f"top_k: 5\nstages:\n  - {stage}\n")
+    with pytest.raises(ConfigError, match=rf"p.yaml:3: .*{message}"):
+        Pipeline.load(config)
+
+
+@pytest.mark.parametrize("args, option", [
+    (["query", "idx", "text", "--k", "0"], "'--k'"),
+    (["query", "idx", "text", "--k", "-1"], "'--k'"),
+    (["index", "docs", "--out", "idx", "--window", "0"], "'--window'"),
+    (["index", "docs", "--out", "idx", "--window", "5", "--overlap", "5"], "'--overlap'"),
+    (["eval", "qa", "data.jsonl", "--limit", "-1"], "'--limit'"),
+])
+def test_bad_option_values_name_the_option(tmp_path, args, option):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "ragline.cli", *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert option in result.stderr and "Traceback" not in result.stderr

