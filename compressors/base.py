@@ -17,7 +17,7 @@ import abc
 import time
 from collections.abc import Sequence
 
-from ragline.compressors.sentences import SentenceUnit, render_context, sentence_units
+from ragline.compressors.sentences import SentenceUnit, kept_ranges, render_context, sentence_units
 from ragline.engine.errors import ConfigError
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
@@ -75,6 +75,7 @@ class SentenceCompressor(Stage):
             lengths = self.count_tokens([u.text for u in units])
             keep = self.select(scores, lengths)
             query.context = render_context(passages, units, keep)
+            query.kept = kept_ranges(passages, units, keep)
             query.note(sentences=len(units), kept=len(keep), tokens_before=sum(lengths),
                        tokens_after=sum(lengths[i] for i in keep), scoring_seconds=seconds)
         return batch

@@ -94,3 +94,14 @@ def render_context(passages: Sequence[Passage], units: Sequence[SentenceUnit], k
         if number - 1 in kept_by_passage:
             blocks.append(passage_block(number, passage, " ".join(kept_by_passage[number - 1])))
     return "\n\n".join(blocks)
+
+
+def kept_ranges(passages: Sequence[Passage], units: Sequence[SentenceUnit],
+                keep: Sequence[int]) -> dict[str, list[tuple[int, int]]]:
+    """The kept units as character ranges of their passage's text, by passage
+    id, in text order (``Query.kept``)."""
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for index in sorted(keep, key=lambda i: (units[i].passage, units[i].start)):
+        unit = units[index]
+        ranges.setdefault(passages[unit.passage].id, []).append((unit.start, unit.end))
+    return ranges

@@ -79,6 +79,11 @@ class Query:
     ranking: list[Hit] = field(default_factory=list)  # the current best ordering
     passages: list[Passage] = field(default_factory=list)  # text of the top of ``ranking``
     context: str | None = None
+    # What a compressor kept of each passage: character ranges of the passage's
+    # text, by passage id (a passage kept not at all is absent). The context
+    # text says the same for a generator that reads text; a generator that
+    # reuses cached passage KV slices the cache by these.
+    kept: dict[str, list[tuple[int, int]]] | None = None
     answer: Answer | None = None
     trace: list[StageTrace] = field(default_factory=list)
     # What the running stage reports about this query (TTFT, tokens, cache

@@ -59,6 +59,12 @@ class GeneratorBackend(abc.ABC):
     def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[Generation]:
         """One generation per conversation, in order."""
 
+    def answer_nll(self, conversation: Conversation, answer: str) -> float | None:
+        """Mean negative log-likelihood per token of ``answer``, teacher-forced
+        after the prompt ``conversation`` makes; None where the backend cannot
+        score text (a server that returns no prompt log-probabilities)."""
+        return None
+
     def generate_one(self, conversation: Conversation, sampling: Sampling,
                      on_text: Callable[[str], None] | None = None) -> Generation:
         """One conversation; backends that can stream call ``on_text`` per piece."""

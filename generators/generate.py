@@ -124,15 +124,31 @@ class Generate(Stage):
 
     def _generate_reusing(self, query: Query, conversation: list[dict],
                           on_text: Callable[[str], None] | None = None) -> Query:
-        if query.context is not None:  # a compressed context is one text: nothing per passage to reuse
+        if query.context is not None and query.kept is None:
+            # A context that is only text (no kept ranges): nothing per passage to reuse.
             generation = self.backend.generate_one(conversation, self.sampling, on_text)
             self._attach(query, generation)
-            query.note(kv_reuse="skipped: compressed context")
+            query.note(kv_reuse="skipped: a context without kept ranges")
             return query
-        generation, stats = self.reuse.generate(self.prompts, query.text, query.passages, self.sampling, on_text)
+        kept = query.kept if query.context is not None else None
+        generation, stats = self.reuse.generate(self.prompts, query.text, query.passages, self.sampling, on_text, kept)
+        if "context" in stats:  # the pruned cache's tokens, exactly
+            query.context = stats.pop("context")
         self._attach(query, generation)
         query.note(**stats)
         return query
+
+    def answer_nll(self, query: Query, answer: str) -> float | None:
+        """Mean negative log-likelihood per token of ``answer`` (e.g. the gold
+        one), teacher-forced after the very prompt — and, with ``kv_reuse``,
+        the very cache — this stage answered ``query`` from (after ``run``).
+        None where the backend cannot score text."""
+        self.warm_up()
+        if self.reuse is not None and (query.context is None or query.kept is not None):
+            kept = query.kept if query.context is not None else None
+            return self.reuse.answer_nll(self.prompts, query.text, query.passages,
+                                         self.backend.answer_ids(answer), kept)
+        return self.backend.answer_nll(self.prompts.messages(query.text, query.passages, query.context), answer)
 
     def _attach(self, query: Query, generation: Generation) -> None:
         query.answer = Answer(generation.text, cited_passages(generation.text, query.passages))

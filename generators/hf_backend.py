@@ -62,6 +62,28 @@ class HFGenerator(GeneratorBackend):
         self.warm_up()
         return self._generate_batch([prompt], sampling, on_text, past_key_values)[0]
 
+    def answer_nll(self, conversation: Conversation, answer: str) -> float:
+        self.warm_up()
+        return self.continuation_nll(self.prompt_ids(conversation), self.answer_ids(answer))
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """The tokens of an answer as the model would write it after the prompt."""
+        self.warm_up()
+        return list(self.tokenizer(answer.strip(), add_special_tokens=False)["input_ids"])
+
+    def continuation_nll(self, prompt: list[int], continuation: list[int]) -> float:
+        """Mean negative log-likelihood per token of ``continuation`` after
+        ``prompt``, teacher-forced in one forward."""
+        import torch
+
+        if not continuation:
+            raise RaglineError("the answer to score has no tokens")
+        ids = torch.tensor([list(prompt) + list(continuation)], device=self.lm.device)
+        with torch.inference_mode():
+            logits = self.lm(input_ids=ids).logits[0]
+        predicting = logits[len(prompt) - 1: len(prompt) - 1 + len(continuation)].float()
+        return float(torch.nn.functional.cross_entropy(predicting, ids[0, len(prompt):]))
+
     def _generate_batch(self, prompts: list[list[int]], sampling: Sampling,
                         on_text: Callable[[str], None] | None = None, past_key_values=None) -> list[Generation]:
         import torch

@@ -286,7 +286,9 @@ def test_store_is_safe_under_concurrent_readers(tmp_path):
     assert store.bytes_held <= 3 * blocks[0].nbytes + blocks[-1].nbytes
 
 
-def test_a_compressed_context_is_answered_without_reuse(tiny_lm):
+def test_a_context_without_kept_ranges_is_answered_without_reuse(tiny_lm):
+    """A stage that writes only context text (no ``Query.kept``) cannot be
+    sliced out of cached passages; compressors' contexts can (test_pruned_cache)."""
     from ragline.engine.pipeline import Pipeline
     from ragline.generators.generate import Generate
 
@@ -294,7 +296,7 @@ def test_a_compressed_context_is_answered_without_reuse(tiny_lm):
     compressed.context = "[1] Paris\nParis is the capital of France."
     stage = Generate(model=tiny_lm, passages=3, max_new_tokens=3, options={"device": "cpu"}, kv_reuse="block")
     result = Pipeline([stage]).run([compressed])[0]
-    assert result.trace[-1].extra["kv_reuse"] == "skipped: compressed context"
+    assert result.trace[-1].extra["kv_reuse"] == "skipped: a context without kept ranges"
     assert result.answer is not None and stage.reuse.store.stats["misses"] == 0
 
 

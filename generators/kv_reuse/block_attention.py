@@ -83,6 +83,37 @@ def prefill_block(model, token_ids: Sequence[int], sink_ids: Sequence[int] = ())
     return BlockKV(tuple(sink_ids) + tuple(token_ids), keys, values)
 
 
+def slice_block(block: BlockKV, keep: Sequence[int], inv_freq: torch.Tensor, shift=None) -> BlockKV:
+    """The tokens of a cached block at positions ``keep`` (ascending), stored as
+    if they had stood at 0..len(keep)-1: each run of consecutive kept tokens
+    moves back by the number of tokens dropped before it (keys rotated by
+    that shift, values kept). A passage cut to a prefix of itself is exactly
+    the block of the shorter passage: causal attention never saw what followed."""
+    from ragline.kernels.rope_shift import rope_shift_reference
+
+    shift = shift or rope_shift_reference
+    keep = list(keep)
+    if keep == list(range(block.length)):
+        return block
+    if not keep or keep != sorted(set(keep)) or keep[-1] >= block.length:
+        raise RaglineError("kept positions must be ascending, distinct and inside the block")
+    device = block.keys[0].device
+    index = torch.tensor(keep, device=device)
+    runs = []  # (first kept slot, end slot, shift) for each run of consecutive positions
+    first = 0
+    for slot in range(1, len(keep) + 1):
+        if slot == len(keep) or keep[slot] != keep[slot - 1] + 1:
+            runs.append((first, slot, first - keep[first]))
+            first = slot
+    keys = []
+    for layer_keys in block.keys:
+        kept = layer_keys.index_select(-2, index)
+        pieces = [kept[..., a:b, :] if delta == 0 else shift(kept[..., a:b, :], delta, inv_freq) for a, b, delta in runs]
+        keys.append(torch.cat(pieces, dim=-2))
+    values = [layer_values.index_select(-2, index) for layer_values in block.values]
+    return BlockKV(tuple(block.token_ids[i] for i in keep) if len(block.token_ids) == block.length else (), keys, values)
+
+
 def assemble_cache(model, blocks: Sequence[BlockKV], inv_freq: torch.Tensor | None = None, shift=None):
     """A ``DynamicCache`` holding ``blocks`` one after another, each block's
     keys rotated to its offset. ``shift``: the kernel (default: torch reference)."""

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ragline.engine.errors import ConfigError, user_facing_kernel
 from ragline.engine.lm.prompts import PromptBuilder
 from ragline.engine.types import Passage
 from ragline.generators.backend import Generation, Sampling
-from ragline.generators.kv_reuse.block_attention import assemble_cache, prefill_block, rotary_frequencies
+from ragline.generators.kv_reuse.block_attention import assemble_cache, prefill_block, rotary_frequencies, slice_block
 from ragline.generators.kv_reuse.block_prompt import block_prompt
 from ragline.generators.kv_reuse.block_store import BlockStore
 
@@ -66,36 +66,71 @@ class PassageKVReuse:
         self._shift = _shift_kernel(self.shift_name, model.device)
 
     def generate(self, builder: PromptBuilder, question: str, passages: Sequence[Passage], sampling: Sampling,
-                 on_text: Callable[[str], None] | None = None) -> tuple[Generation, dict]:
+                 on_text: Callable[[str], None] | None = None,
+                 kept: Mapping[str, Sequence[tuple[int, int]]] | None = None) -> tuple[Generation, dict]:
+        """Answer from cached passage blocks. ``kept`` (a compressor's
+        ``Query.kept``): only those sentences of each passage, sliced out of
+        the whole passage's cached block — no passage token is prefilled
+        again. The stats include the context text the model saw."""
         self.warm_up()
         started = time.perf_counter()
-        prompt = block_prompt(self.generator.tokenizer, builder, question, passages)
+        prompt = block_prompt(self.generator.tokenizer, builder, question, passages, kept)
         ids = prompt.all_ids
         self.generator._check_window([ids], sampling)
+        before = dict(self.store.stats)
         if self.mode == "full":
             generation = self.generator.generate_ids(ids, sampling, on_text)
-            return generation, {"kv_reuse": "full", "prefilled_tokens": len(ids)}
+            stats = {"kv_reuse": "full", "prefilled_tokens": len(ids)}
+        else:
+            cache = self._assembled_cache(prompt)
+            assembled = time.perf_counter() - started
+            generation = self.generator.generate_ids(ids, sampling, on_text, past_key_values=cache)
+            if generation.ttft is not None:
+                generation.ttft += assembled
+            stats = {key: self.store.stats[key] - before[key] for key in before}
+            stats.update(kv_reuse=self.mode, cached_tokens=prompt.cached_tokens, prefilled_tokens=len(prompt.final),
+                         cache_bytes=self.store.bytes_held)
+        if kept is not None:
+            stats["context"] = self.generator.tokenizer.decode(
+                [t for i in range(len(prompt.blocks)) for t in prompt.kept(i)])
+        return generation, stats
 
-        before = dict(self.store.stats)
+    def answer_nll(self, builder: PromptBuilder, question: str, passages: Sequence[Passage], answer_ids: list[int],
+                   kept: Mapping[str, Sequence[tuple[int, int]]] | None = None) -> float:
+        """Mean negative log-likelihood per token of ``answer_ids``, teacher-forced
+        after the very prompt and cache ``generate`` uses."""
+        import torch
+
+        from ragline.generators.kv_reuse.block_attention import final_block_logits
+
+        self.warm_up()
+        prompt = block_prompt(self.generator.tokenizer, builder, question, passages, kept)
+        if self.mode == "full":
+            return self.generator.continuation_nll(prompt.all_ids, answer_ids)
+        cache = self._assembled_cache(prompt)
+        logits = final_block_logits(self.generator.lm, cache, list(prompt.final) + list(answer_ids))
+        predicting = logits[len(prompt.final) - 1: len(prompt.final) - 1 + len(answer_ids)]
+        targets = torch.tensor(answer_ids, device=predicting.device)
+        return float(torch.nn.functional.cross_entropy(predicting.float(), targets))
+
+    def _assembled_cache(self, prompt):
+        """The prompt's prefix and blocks as one cache: from the store (prefilled
+        alone on a miss), kept positions sliced out, keys rotated into place."""
         model = self.generator.lm
         sink = prompt.prefix[: self.sink_tokens] if self.mode == "sink" else []
         pieces = ([prompt.prefix] if prompt.prefix else []) + prompt.blocks
+        keep = ([None] if prompt.prefix else []) + (prompt.keep or [None] * len(prompt.blocks))
         blocks = []
-        for index, piece in enumerate(pieces):
+        for index, (piece, positions) in enumerate(zip(pieces, keep)):
             # The prefix is the sink itself: it is prefilled as it is.
             with_sink = sink if (sink and not (index == 0 and prompt.prefix)) else []
             key = list(with_sink) + list(piece)
             block = self.store.get_or_compute(key, lambda p=piece, s=with_sink: prefill_block(model, p, s))
-            blocks.append(self.store.to_device(block, model.device))
-        cache = assemble_cache(model, blocks, self._inv_freq, self._shift) if blocks else None
-        assembled = time.perf_counter() - started
-        generation = self.generator.generate_ids(ids, sampling, on_text, past_key_values=cache)
-        if generation.ttft is not None:
-            generation.ttft += assembled
-        stats = {key: self.store.stats[key] - before[key] for key in before}
-        stats.update(kv_reuse=self.mode, cached_tokens=prompt.cached_tokens, prefilled_tokens=len(prompt.final),
-                     cache_bytes=self.store.bytes_held)
-        return generation, stats
+            block = self.store.to_device(block, model.device)
+            if positions is not None:
+                block = slice_block(block, positions, self._inv_freq, self._shift)
+            blocks.append(block)
+        return assemble_cache(model, blocks, self._inv_freq, self._shift) if blocks else None
 
 
 def _shift_kernel(name: str, device):
