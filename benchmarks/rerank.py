@@ -33,19 +33,6 @@ MODEL = ROOT / ".cache" / "hotpotqa-cross-encoder"
 METRICS = ("ndcg_cut_10", "recall_2", "recall_10", "recip_rank")
 
 
-def gold_qrels(questions) -> dict[str, dict[str, int]]:
-    """Gold paragraphs that exist in the file; questions with none are left out."""
-    from ragline.engine.data.hotpotqa import paragraph_id
-
-    qrels = {}
-    for q in questions:
-        present = {p.title for p in q.paragraphs}
-        gold = {paragraph_id(t): 1 for t in q.gold_titles if t in present}
-        if gold:
-            qrels[q.id] = gold
-    return qrels
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -61,7 +48,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from ragline.engine.data.hotpotqa import paragraph_corpus, read_hotpotqa, split_by_question
+    from ragline.engine.data.hotpotqa import gold_paragraph_qrels, paragraph_corpus, read_hotpotqa, split_by_question
     from ragline.engine.index.build import build_index
     from ragline.engine.pipeline import Pipeline
     from ragline.engine.retrieval_pipeline import fold_to_documents
@@ -98,7 +85,7 @@ def main() -> None:
     else:
         pairs = pairs_from_hotpotqa(train)
         if args.hard_negatives:
-            train_qrels = gold_qrels(train)
+            train_qrels = gold_paragraph_qrels(train)
             topics = [(q.id, q.question) for q in train if q.id in train_qrels]
             pairs += pairs_from_qrels(train_qrels, topics, index, negatives=args.hard_negatives, depth=args.depth)
         settings = TrainingSettings(epochs=args.epochs, max_length=args.max_length, seed=args.seed)
@@ -109,7 +96,7 @@ def main() -> None:
                        loss_first=round(summary["first_loss"], 4), loss_last=round(summary["last_loss"], 4))
         print(f"trained {args.model}: {summary}")
 
-    qrels = gold_qrels(test)
+    qrels = gold_paragraph_qrels(test)
     figures["scored_test_questions"] = len(qrels)
     topics = [Query(q.id, q.question) for q in test if q.id in qrels]
     reranker = CrossEncoderRerank(str(args.model), top_k=args.depth, depth=args.depth, max_length=args.max_length)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ragline.engine.lm.prompts import passage_block
+from ragline.engine.lm.prompts import kept_context
 from ragline.engine.types import Passage
 
 _BOUNDARY = re.compile(r"""[.!?]["')\]]*\s+(?=["'(\[]?[A-Z0-9])|\n\s*\n""")
@@ -85,15 +85,7 @@ def render_context(passages: Sequence[Passage], units: Sequence[SentenceUnit], k
     """The kept sentences, grouped under their passage's original number and
     title, in their original order; passages with nothing kept are left out
     (numbers stay those of the full list, so citations still resolve)."""
-    kept_by_passage: dict[int, list[str]] = {}
-    for index in sorted(keep):
-        unit = units[index]
-        kept_by_passage.setdefault(unit.passage, []).append(" ".join(unit.text.split()))
-    blocks = []
-    for number, passage in enumerate(passages, 1):
-        if number - 1 in kept_by_passage:
-            blocks.append(passage_block(number, passage, " ".join(kept_by_passage[number - 1])))
-    return "\n\n".join(blocks)
+    return kept_context(passages, kept_ranges(passages, units, keep))
 
 
 def kept_ranges(passages: Sequence[Passage], units: Sequence[SentenceUnit],

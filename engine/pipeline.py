@@ -57,7 +57,8 @@ class Pipeline:
             for q, n_in in zip(batch, before):
                 q.trace.append(StageTrace(stage.name, seconds, len(batch), n_in, len(q.ranking), q.take_notes()))
         for q in batch:
-            if not q.passages and self.top_k:
+            # An answered query keeps the passages its answer came from, even none.
+            if not q.passages and self.top_k and q.answer is None:
                 q.passages = fetch_passages(q.ranking[: self.top_k])
         return batch
 

@@ -14,6 +14,8 @@ eval_app = typer.Typer(help="Evaluate pipelines on BEIR, PosIR and QA data.", no
 convert_app = typer.Typer(help="Convert collections between formats.", no_args_is_help=True)
 build_app = typer.Typer(help="Build evaluation sets.", no_args_is_help=True)
 out = terminal.stdout()
+# What `eval qa --out` writes, and `eval compare` reads.
+QA_ROWS, QA_SUMMARY = "per_question.jsonl", "summary.json"
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -147,7 +149,9 @@ def eval_qa(
     complete_only: Annotated[bool, typer.Option(help="Only questions whose supporting facts are all in their context.")] = False,
     results: Annotated[Optional[Path], typer.Option("--out", help="Folder for per_question.jsonl and summary.json.")] = None,
 ) -> None:
-    """Score a RAG pipeline on QA data: answers, evidence kept, context size, latency."""
+    """Score a RAG pipeline on QA data: answers, the gold answer's likelihood, evidence kept, context size, latency."""
+    import sys
+
     from rich.table import Table
 
     from ragline.engine.data.hotpotqa import read_hotpotqa
@@ -157,23 +161,95 @@ def eval_qa(
 
     questions = read_hotpotqa(data, limit)
     pipe = Pipeline.load(pipeline) if pipeline else None
-    rows, summary = evaluate_qa(questions, pipe, setting, complete_only)
-    table = Table(title=f"QA ({setting}, {summary['questions']} questions)")
+    rows, summary = evaluate_qa(questions, pipe, setting, complete_only, progress=sys.stderr.isatty())
+    intervals = summary["intervals"]
+    table = Table(title=f"QA ({setting}, {summary['questions']} questions)", caption=summary["interval_method"])
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("em", "f1", "support_recall", "gold_paragraph_recall", "tokens_before", "tokens_after", "compression_ratio", "ttft"):
+    table.add_column("mean", justify="right")
+    table.add_column("95% interval", justify="right")
+    for key in ("em", "f1", "answer_nll", "support_recall", "gold_paragraph_recall", "tokens_before", "tokens_after",
+                "compression_ratio", "ttft"):
         value = summary[key]
-        table.add_row(key, "n/a (no answers generated)" if value is None and key in ("em", "f1") else
-                      "n/a" if value is None else f"{value:.4f}")
+        table.add_row(key, "n/a (no answers generated)" if value is None and key in ("em", "f1") else _number(value),
+                      _interval(intervals.get(key)))
     for stage, seconds in summary["stage_seconds"].items():
-        table.add_row(f"{stage} s/question", f"{seconds:.4f}")
+        table.add_row(f"{stage} s/question", _number(seconds), _interval(intervals["stage_seconds"].get(stage)))
     out.print(table)
     if results:
-        write_jsonl(results / "per_question.jsonl", rows)
-        write_json(results / "summary.json", {**summary, "data": str(data.resolve()), "setting": setting,
-                                              "config": pipeline_provenance(pipe) if pipe else None,
-                                              "versions": package_versions()})
-        out.print(f"[green]wrote[/] {results}/per_question.jsonl, summary.json")
+        write_jsonl(results / QA_ROWS, rows)
+        write_json(results / QA_SUMMARY, {**summary, "data": str(data.resolve()), "setting": setting,
+                                          "config": pipeline_provenance(pipe) if pipe else None,
+                                          "versions": package_versions()})
+        out.print(f"[green]wrote[/] {results}/{QA_ROWS}, {QA_SUMMARY}")
+
+
+@eval_app.command("compare")
+def eval_compare(
+    run_a: Annotated[Path, typer.Argument(help="An `eval qa --out` folder: the baseline (A).")],
+    run_b: Annotated[Path, typer.Argument(help="Another `eval qa --out` folder (B), compared against A.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+) -> None:
+    """Compare two `eval qa` runs question by question: mean difference B−A with a paired
+    bootstrap 95% interval, sign-test p-value, and B's wins/ties/losses for every metric."""
+    import json
+
+    from rich.table import Table
+
+    from ragline.eval.qa import compare_runs
+
+    comparison = compare_runs(_qa_rows(run_a), _qa_rows(run_b))
+    settings = [_qa_setting(run) for run in (run_a, run_b)]
+    comparison.update(run_a=str(run_a), run_b=str(run_b))
+    if None not in settings and settings[0] != settings[1]:
+        comparison["warning"] = f"the runs used different settings ({settings[0]} and {settings[1]})"
+    if as_json:
+        out.print(json.dumps(comparison, indent=2), markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"B = {run_b} against A = {run_a}", caption=comparison["interval_method"] + "; sign test, ties dropped")
+    for column in ("metric", "better", "n", "mean A", "mean B", "B−A", "95% interval", "p (sign)", "B wins/ties/losses"):
+        table.add_column(column, justify="left" if column in ("metric", "better") else "right")
+    for name, m in comparison["metrics"].items():
+        table.add_row(name, m["better"] or "?", str(m["n"]), _number(m["mean_a"]), _number(m["mean_b"]),
+                      _number(m["difference"], signed=True), _interval(m["interval"], signed=True), _p_value(m["p"]),
+                      f"{m['wins']}/{m['ties']}/{m['losses']}")
+    out.print(f"paired {comparison['paired']} questions by id; {comparison['only_a']} only in A, "
+              f"{comparison['only_b']} only in B", highlight=False)
+    if "warning" in comparison:
+        out.print(f"[yellow]note:[/] {comparison['warning']}", highlight=False)
+    out.print(table)
+
+
+def _qa_rows(folder: Path) -> list[dict]:
+    """The per-question rows of an ``eval qa --out`` folder."""
+    from ragline.engine.errors import InputError
+    from ragline.eval.report import read_jsonl
+
+    if not folder.is_dir():
+        raise InputError("no such run folder (give an `eval qa --out` folder)", folder)
+    if not (folder / QA_ROWS).is_file():
+        raise InputError(f"not an `eval qa --out` folder: it has no {QA_ROWS}", folder)
+    return read_jsonl(folder / QA_ROWS)
+
+
+def _qa_setting(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / QA_SUMMARY).read_text(encoding="utf-8")).get("setting")
+    except (OSError, ValueError, AttributeError):  # the summary is optional here
+        return None
+
+
+def _number(value: float | None, signed: bool = False) -> str:
+    return "n/a" if value is None else f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _p_value(p: float) -> str:
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _interval(interval, signed: bool = False) -> str:
+    return "" if interval is None else f"[{_number(interval[0], signed)}, {_number(interval[1], signed)}]"
 
 
 @convert_app.command("hotpotqa-corpus")

@@ -18,6 +18,17 @@ generates an answer, supporting-sentence recall of the context that reaches
 the generator, gold-paragraph recall of the passages, context tokens before
 and after compression, and per-stage latency (and time to first token when
 the generator reports one).
+
+``answer_nll``: the mean negative log-likelihood per token of the gold answer,
+teacher-forced after the very prompt the pipeline's ``generate`` stage
+answered from (one extra forward per question). Unlike EM/F1 of a small
+generator's greedy answer, it moves with every change of context, so it
+tells methods apart on tens of questions. None without a generate stage or
+where its backend cannot score text (http).
+
+Every per-question mean in the summary comes with a bootstrap 95% interval
+(``summary["intervals"]``, same keys); ``compare_runs`` pairs two runs by
+question id.
 """
 
 from __future__ import annotations
@@ -30,11 +41,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ragline.engine.data.hotpotqa import HotpotQuestion, paragraph_passage
-from ragline.engine.errors import ConfigError
+from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.index.docstore import fetch_passages, query_over
 from ragline.engine.lm.prompts import strip_citations
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.types import Query
+from ragline.eval.intervals import METHOD, bootstrap_interval, paired_comparison
 
 SETTINGS = ("distractor", "gold", "open")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -84,8 +96,10 @@ def candidate_pool(question: HotpotQuestion, gold_only: bool = False) -> Query:
 
 
 def evaluate_qa(questions: Sequence[HotpotQuestion], pipeline: Pipeline | None, setting: str = "distractor",
-                complete_only: bool = False) -> tuple[list[dict], dict]:
-    """``complete_only`` keeps the questions whose supporting facts are all in their context."""
+                complete_only: bool = False, progress: bool = False) -> tuple[list[dict], dict]:
+    """``complete_only`` keeps the questions whose supporting facts are all in their context;
+    ``progress`` shows a bar with an ETA on stderr (it moves after each pipeline batch, question
+    by question as their gold answers are scored)."""
     if complete_only:
         questions = [q for q in questions if q.evidence_complete]
     if setting not in SETTINGS:
@@ -98,10 +112,41 @@ def evaluate_qa(questions: Sequence[HotpotQuestion], pipeline: Pipeline | None, 
         queries = [candidate_pool(q, gold_only=setting == "gold") for q in questions]
     else:
         queries = [Query(q.id, q.question) for q in questions]
-    if pipeline is not None:
-        queries = pipeline.run(queries)
-    rows = [_score(question, query) for question, query in zip(questions, queries)]
+    return _run_and_score(questions, queries, pipeline, progress)
+
+
+def _run_and_score(questions: Sequence[HotpotQuestion], queries: list[Query], pipeline: Pipeline | None,
+                   progress: bool) -> tuple[list[dict], dict]:
+    from tqdm import tqdm
+
+    generator = _generate_stage(pipeline)
+    # The pipeline's own batches, so that batching (and so every number) is
+    # what one pipeline.run over all questions would give.
+    step = pipeline.batch_size if pipeline is not None else max(1, len(queries))
+    rows = []
+    with tqdm(total=len(queries), desc="QA", unit="question", disable=not progress) as bar:
+        for start in range(0, len(queries), step):
+            batch = queries[start: start + step]
+            if pipeline is not None:
+                batch = pipeline.run(batch)
+            for question, query in zip(questions[start: start + step], batch):
+                row = _score(question, query)
+                row["answer_nll"] = _answer_nll(generator, query, question.answer)
+                rows.append(row)
+                bar.update()
     return rows, summarize(rows)
+
+
+def _generate_stage(pipeline: Pipeline | None):
+    """The pipeline's ``generate`` stage, if it has one."""
+    stages = pipeline.stages if pipeline is not None else []
+    return next((s for s in stages if getattr(s, "name", None) == "generate"), None)
+
+
+def _answer_nll(generator, query: Query, gold: str) -> float | None:
+    if generator is None or not gold.strip():
+        return None
+    return generator.answer_nll(query, gold)
 
 
 def _score(question: HotpotQuestion, query: Query) -> dict[str, Any]:
@@ -133,26 +178,94 @@ def _score(question: HotpotQuestion, query: Query) -> dict[str, Any]:
     return row
 
 
-def summarize(rows: Sequence[dict]) -> dict[str, Any]:
-    def mean(key: str) -> float | None:
-        values = [r[key] for r in rows if r.get(key) is not None]
-        return statistics.fmean(values) if values else None
+# The per-question values the summary averages, each with a bootstrap interval.
+MEANS = ("em", "f1", "answer_nll", "support_recall", "gold_paragraph_recall", "tokens_before", "tokens_after", "ttft")
 
-    before, after = mean("tokens_before"), mean("tokens_after")
+
+def summarize(rows: Sequence[dict]) -> dict[str, Any]:
+    values = {key: [r[key] for r in rows if r.get(key) is not None] for key in MEANS}
+    means = {key: statistics.fmean(v) if v else None for key, v in values.items()}
     stages: dict[str, list[float]] = {}
     for row in rows:
         for stage, seconds in row["stage_seconds"].items():
             stages.setdefault(stage, []).append(seconds)
+    before, after = means["tokens_before"], means["tokens_after"]
+    intervals: dict[str, Any] = {key: _interval(v) for key, v in values.items()}
+    intervals["stage_seconds"] = {stage: _interval(v) for stage, v in stages.items()}
     return {
         "questions": len(rows),
         "questions_with_complete_evidence": sum(r["evidence_complete"] for r in rows),
-        "em": mean("em"),
-        "f1": mean("f1"),
-        "support_recall": mean("support_recall"),
-        "gold_paragraph_recall": mean("gold_paragraph_recall"),
-        "tokens_before": before,
-        "tokens_after": after,
+        **means,
         "compression_ratio": (before / after) if before and after else None,
-        "ttft": mean("ttft"),
         "stage_seconds": {stage: statistics.fmean(v) for stage, v in stages.items()},
+        "intervals": intervals,
+        "interval_method": METHOD,
     }
+
+
+def _interval(values: Sequence[float]) -> list[float] | None:
+    interval = bootstrap_interval(values)
+    return None if interval is None else list(interval)
+
+
+def per_question_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """The numbers of one per-question row by name; stage latencies as
+    ``stage_seconds.<stage>``. Flags (``evidence_complete``) are not metrics."""
+    metrics: dict[str, float] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            metrics.update({f"{key}.{k}": v for k, v in value.items() if _is_number(v)})
+        elif _is_number(value):
+            metrics[key] = value
+    return metrics
+
+
+def better_direction(metric: str) -> str | None:
+    """``higher`` or ``lower``: which way a metric improves (None: unknown)."""
+    if metric == "answer_nll" or metric.startswith(("stage_seconds", "tokens")) or metric in ("ttft", "seconds"):
+        return "lower"
+    if metric in ("em", "f1") or metric.endswith("recall"):
+        return "higher"
+    return None
+
+
+def compare_runs(rows_a: Sequence[dict], rows_b: Sequence[dict]) -> dict[str, Any]:
+    """Two runs' per-question rows paired by question id: for every metric
+    both have, the paired comparison of B against A (``intervals.paired_comparison``)."""
+    a, b = _by_id(rows_a, "A"), _by_id(rows_b, "B")
+    shared = [qid for qid in a if qid in b]
+    if not shared:
+        raise InputError(f"the runs share no question ids (A has {len(a)}, B has {len(b)}): nothing to pair")
+    metrics_a = {qid: per_question_metrics(a[qid]) for qid in shared}
+    metrics_b = {qid: per_question_metrics(b[qid]) for qid in shared}
+    names = sorted(dict.fromkeys(m for qid in shared for m in metrics_a[qid] if m in metrics_b[qid]), key=_report_order)
+    comparisons = {}
+    for name in names:
+        pairs = [(metrics_a[q][name], metrics_b[q][name]) for q in shared if name in metrics_a[q] and name in metrics_b[q]]
+        direction = better_direction(name)
+        comparison = paired_comparison([x for x, _ in pairs], [y for _, y in pairs], direction != "lower")
+        comparisons[name] = {"better": direction, **comparison}
+    return {"paired": len(shared), "only_a": len(a) - len(shared), "only_b": len(b) - len(shared),
+            "interval_method": METHOD, "metrics": comparisons}
+
+
+def _report_order(metric: str) -> int:
+    """The summary's order: answer quality, evidence, size, latency, then the rest."""
+    if metric in MEANS:
+        return MEANS.index(metric)
+    return len(MEANS) + (0 if metric.startswith("stage_seconds.") else 1)
+
+
+def _by_id(rows: Sequence[dict], run: str) -> dict[str, dict]:
+    by_id: dict[str, dict] = {}
+    for row in rows:
+        if "id" not in row:
+            raise InputError(f"run {run} has a per-question row without an id")
+        if row["id"] in by_id:
+            raise InputError(f"run {run} has question {row['id']!r} twice")
+        by_id[row["id"]] = row
+    return by_id
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,6 +1,6 @@
 """Writing evaluation results: a TREC run, per-query metrics (JSONL), a
 ``summary.json`` with everything needed to reproduce the figure, and a table
-in the terminal."""
+in the terminal; and reading per-query rows back (to compare runs)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ragline.engine.atomic import atomic_file, atomic_write_text
 from ragline.engine.data.runfile import write_run
+from ragline.engine.errors import InputError
 from ragline.engine.index.layout import IndexDir
 from ragline.engine.pipeline import Pipeline
 
@@ -51,6 +52,24 @@ def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     with atomic_file(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows ``write_jsonl`` wrote; a line that is not a JSON object is an
+    error naming the file and line."""
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                raise InputError("not a JSON object", path, number)
+            rows.append(row)
+    return rows
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -15,7 +15,7 @@ from ragline.engine.errors import ConfigError
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.lm.packaged import canonical_model_id
-from ragline.engine.lm.prompts import PromptBuilder, cited_passages
+from ragline.engine.lm.prompts import PromptBuilder, cited_passages, kept_context
 from ragline.engine.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
 from ragline.engine.stage import Stage
 from ragline.engine.types import Answer, Query
@@ -89,10 +89,17 @@ class Generate(Stage):
             self.reuse.warm_up()
 
     def conversation(self, query: Query) -> list[dict]:
-        """The chat messages for ``query``; fills ``query.passages`` with what the prompt shows."""
-        query.passages = ranked_passages(query, self.passages) if self.passages else []
+        """The chat messages for ``query``; fills ``query.passages`` with what the prompt shows.
+
+        After a compressor (``Query.kept``), the passages are the ones it
+        chose, in the order later stages (AttnRank, attention sorting) left
+        them, and the context is rendered from the kept ranges in that order."""
+        if query.kept is None:
+            query.passages = ranked_passages(query, self.passages) if self.passages else []
         if self.stable_prefix:
             query.passages = sorted(query.passages, key=lambda p: p.id)
+        if query.kept is not None:
+            query.context = kept_context(query.passages, query.kept)
         return self.prompts.messages(query.text, query.passages, query.context)
 
     def generator_prompt(self) -> dict[str, Any]:

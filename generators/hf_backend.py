@@ -78,6 +78,11 @@ class HFGenerator(GeneratorBackend):
 
         if not continuation:
             raise RaglineError("the answer to score has no tokens")
+        self.warm_up()
+        window = getattr(self.lm.config, "max_position_embeddings", None)
+        if window and len(prompt) + len(continuation) > window:
+            raise RaglineError(f"the prompt ({len(prompt)} tokens) and the answer to score ({len(continuation)}) "
+                               f"exceed what {self.model} reads ({window})")
         ids = torch.tensor([list(prompt) + list(continuation)], device=self.lm.device)
         with torch.inference_mode():
             logits = self.lm(input_ids=ids).logits[0]

@@ -5,6 +5,11 @@ Connection failures, timeouts, 429 and 5xx answers are retried with
 exponential backoff; other HTTP errors are reported at once with the server's
 message. A batch is sent as concurrent requests: the server does the batching.
 The API key, if any, comes from the environment variable named by ``api_key_env``.
+
+``answer_nll`` keeps the default (None: ``eval qa`` reports n/a): the
+OpenAI chat API returns log-probabilities of generated tokens only, not of a
+given answer; scoring one needs prompt log-probabilities, which only some
+servers (vLLM's ``prompt_logprobs`` extension) offer.
 """
 
 from __future__ import annotations

@@ -4,6 +4,14 @@ vLLM is imported only when this backend warms up, so the rest of ragline
 runs where it cannot be installed. Automatic prefix caching is on: prompts
 that share a prefix (system prompt, then passages in the same order) reuse
 its KV blocks across requests.
+
+``answer_nll`` scores a given answer through vLLM's prompt log-probabilities:
+prompt and answer go in as one token sequence, one token is generated (and
+ignored), and the log-probability of every sequence token under the tokens
+before it comes back with the prompt. The prompt is tokenised as the hf
+backend does it (chat template, then tokens), so the two backends score the
+same token sequence. vLLM may leave its prefix cache aside for requests that
+ask for prompt log-probabilities: every position's logits are needed.
 """
 
 from __future__ import annotations
@@ -11,8 +19,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from ragline.engine.errors import MissingDependency
+from ragline.engine.errors import MissingDependency, RaglineError
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
+from ragline.engine.lm.prompt_spans import prompt_ids
 from ragline.generators.backend import Conversation, Generation, GeneratorBackend, Sampling
 
 
@@ -58,6 +67,38 @@ class VLLMGenerator(GeneratorBackend):
         seconds = time.perf_counter() - started
         return [Generation(o.outputs[0].text.strip(), len(o.prompt_token_ids or ()), len(o.outputs[0].token_ids),
                            _first_token_seconds(o), seconds) for o in outputs]
+
+    def answer_nll(self, conversation: Conversation, answer: str) -> float:
+        self.warm_up()
+        from vllm import SamplingParams
+
+        tokenizer = self.llm.get_tokenizer()
+        prompt = prompt_ids(tokenizer, conversation)
+        answer_ids = list(tokenizer(answer.strip(), add_special_tokens=False)["input_ids"])
+        if not answer_ids:
+            raise RaglineError("the answer to score has no tokens")
+        # prompt_logprobs=0: only each sequence token's own log-probability.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        output = self.llm.generate([{"prompt_token_ids": prompt + answer_ids}], params, use_tqdm=False)[0]
+        return mean_answer_nll(output.prompt_logprobs, len(prompt), answer_ids)
+
+
+def mean_answer_nll(prompt_logprobs, prompt_length: int, answer_ids: Sequence[int]) -> float:
+    """Mean negative log-probability of ``answer_ids``, the tokens after the
+    first ``prompt_length`` of a sequence whose ``prompt_logprobs`` vLLM
+    returned: entry i maps token ids to ``Logprob`` (``.logprob``) at
+    position i, and always holds the sequence's own token there; entry 0 is
+    None (nothing precedes the first token)."""
+    if prompt_logprobs is None or len(prompt_logprobs) < prompt_length + len(answer_ids):
+        raise RaglineError("vLLM returned no prompt log-probabilities for the answer tokens")
+    total = 0.0
+    for offset, token in enumerate(answer_ids):
+        position = prompt_logprobs[prompt_length + offset]
+        if position is None or token not in position:
+            raise RaglineError(f"vLLM's prompt log-probabilities lack answer token {token} at position "
+                               f"{prompt_length + offset}")
+        total -= float(position[token].logprob)
+    return total / len(answer_ids)
 
 
 def _first_token_seconds(output) -> float | None:

@@ -24,11 +24,11 @@ def rope_shift_reference(keys: torch.Tensor, shift: int | torch.Tensor, inv_freq
     rotary = 2 * inv_freq.shape[0]
     if rotary > keys.shape[-1]:
         raise ValueError(f"{rotary} rotary dimensions do not fit a head of {keys.shape[-1]}")
-    length = keys.shape[-2]
     delta = torch.as_tensor(shift, dtype=torch.float32, device=keys.device)
-    if delta.ndim == 0:
-        delta = delta.expand(length)
-    angles = delta[:, None] * inv_freq.to(device=keys.device, dtype=torch.float32)[None, :]  # (T, rotary/2)
+    # One shift for every token needs one row of angles, broadcast over T:
+    # the trigonometry then costs rotary/2 values, not T × rotary/2.
+    delta = delta.reshape(1) if delta.ndim == 0 else delta
+    angles = delta[:, None] * inv_freq.to(device=keys.device, dtype=torch.float32)[None, :]  # (T or 1, rotary/2)
     cos, sin = angles.cos(), angles.sin()
     k = keys.float()
     first, second = k[..., : rotary // 2], k[..., rotary // 2 : rotary]

@@ -151,3 +151,12 @@ def test_bad_option_values_name_the_option(tmp_path, args, option):
                             text=True, timeout=120)
     assert result.returncode == 2
     assert option in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_documented_headline_pipeline_loads():
+    from pathlib import Path
+
+    pipeline = Pipeline.load(Path(__file__).resolve().parents[1] / "docs" / "headline-p4.yaml")
+    assert [s.name for s in pipeline.stages] == ["bm25", "dense", "fuse", "cross_encoder", "sentinel", "attnrank",
+                                                 "generate"]
+    assert pipeline.stages[-1].kv_reuse == "sink"

@@ -137,3 +137,34 @@ def test_pruned_cache_is_exact_on_smollm2(smollm2_folder):
     pruned_prompt, pruned = final_logits(reuse, PASSAGES, kept)
     assert pruned_prompt.all_ids == reference_prompt.all_ids
     assert (pruned - reference).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("kv_reuse", ["none", "block"])
+def test_reordering_after_compression_reorders_the_context_the_generator_sees(tiny_lm, kv_reuse):
+    """Compress → reorder → generate, as in the headline pipeline: the kept
+    sentences follow the passages' new order, numbered by their new slots."""
+    from ragline.compressors.baselines import LeadingSentences
+    from ragline.engine.index.docstore import query_over, ranked_passages
+    from ragline.engine.pipeline import Pipeline
+    from ragline.engine.stage import Stage
+    from ragline.generators.generate import Generate
+
+    class Reverse(Stage):
+        name = "reverse"
+
+        def run(self, batch):
+            for query in batch:
+                passages = ranked_passages(query, 3)
+                query.ranking = query.ranking[: len(passages)][::-1] + query.ranking[len(passages):]
+                query.passages = passages[::-1]
+            return batch
+
+    generate = Generate(model=tiny_lm, passages=3, max_new_tokens=2, options={"device": "cpu", "dtype": "float32"},
+                        kv_reuse=kv_reuse)
+    short = [Passage("a", "a", "Paris is in France. It is old.", "Paris"), Passage("b", "b", "Bananas are yellow.", "Bananas"),
+             Passage("c", "c", "Berlin is in Germany.", "Berlin")]
+    (result,) = Pipeline([LeadingSentences(budget=10_000, passages=3, tokenizer=tiny_lm), Reverse(), generate]).run(
+        [query_over("q", "Where is Paris?", short)])
+    assert [p.id for p in result.passages] == ["c", "b", "a"]
+    assert result.context == ("[1] Berlin\nBerlin is in Germany.\n\n[2] Bananas\nBananas are yellow.\n\n"
+                              "[3] Paris\nParis is in France. It is old.")

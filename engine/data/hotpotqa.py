@@ -138,6 +138,18 @@ def paragraph_id(title: str) -> str:
     return title.replace(" ", "_")
 
 
+def gold_paragraph_qrels(questions: Sequence[HotpotQuestion]) -> dict[str, dict[str, int]]:
+    """Relevance judgements over ``paragraph_corpus`` ids: each question's gold
+    paragraphs that exist in its context; questions with none are left out."""
+    qrels = {}
+    for question in questions:
+        present = {p.title for p in question.paragraphs}
+        gold = {paragraph_id(title): 1 for title in question.gold_titles if title in present}
+        if gold:
+            qrels[question.id] = gold
+    return qrels
+
+
 def paragraph_corpus(questions: Sequence[HotpotQuestion]) -> list[dict]:
     """Every distinct paragraph (by title) as a corpus record: the open setting,
     where each question must find its gold paragraphs among all of them."""

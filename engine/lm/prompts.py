@@ -8,7 +8,7 @@ where only the answer itself is wanted (exact-match scoring).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ragline.engine.types import Passage
@@ -73,6 +73,20 @@ def passage_block(number: int, passage: Passage, text: str) -> str:
     so citations mean the same thing either way."""
     header = f"[{number}] {passage.title}" if passage.title else f"[{number}]"
     return f"{header}\n{text}"
+
+
+def kept_context(passages: Sequence[Passage], kept: Mapping[str, Sequence[tuple[int, int]]]) -> str:
+    """A compressed context (``Query.kept``) as text: each passage's kept
+    character ranges, whitespace collapsed, under its number and title in the
+    order of ``passages``; passages with nothing kept are left out, and the
+    others keep their numbers so that citations still resolve."""
+    blocks = []
+    for number, passage in enumerate(passages, 1):
+        ranges = kept.get(passage.id)
+        if ranges:
+            text = " ".join(" ".join(passage.text[start:end].split()) for start, end in ranges)
+            blocks.append(passage_block(number, passage, text))
+    return "\n\n".join(blocks)
 
 
 def cited_passages(answer: str, passages: Sequence[Passage]) -> list[str]:
