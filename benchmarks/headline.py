@@ -175,7 +175,9 @@ def run_pipelines(args, test, figures: dict) -> None:
     figures["questions"] = len(chosen)
     runs: dict[str, dict] = {}
     for name, stages in pipelines(args, artifacts).items():
-        pipeline = Pipeline(stages, top_k=SLOTS)
+        # One question at a time: time to first token and seconds are then
+        # each question's own, not a batch's (the hf backend batches prefill).
+        pipeline = Pipeline(stages, top_k=SLOTS, batch_size=1)
         passes = ("cold", "warm") if "cached" in name else ("",)
         for label in passes:
             run_name = f"{name} {label}".strip()

@@ -1,4 +1,4 @@
-"""The ``ragline`` command line: index, query, search, run, ask.
+"""The ``ragline`` command line: index, query, search, run, ask, serve.
 
 Stage families add their verbs through the ``ragline.cli`` entry-point group:
 each entry is ``register(app, groups)``, where ``groups`` maps ``train`` and
@@ -246,6 +246,37 @@ def ask(
         title = escape(passage.title or passage.id)
         out.print(f"{mark}\\[{number}] [bold]{title}[/] [dim]{snippet}[/]", highlight=False, soft_wrap=True)
     out.print(_timing_line(result))
+
+
+@app.command()
+def serve(
+    pipeline_files: Annotated[list[str], typer.Option("--pipeline", help="Pipeline YAML to serve, named after the file (or NAME=FILE); repeatable.")],
+    index_dir: Annotated[Optional[Path], typer.Option("--index", help="Stages that read an index and name none read this one.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but localhost wants --api-key-env.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others to share its pipeline batch.")] = 5.0,
+    max_batch: Annotated[int, typer.Option(min=1, help="Requests per pipeline batch at most (1: no batching).")] = 64,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting per pipeline; more are answered 429.")] = 256,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a request may take; longer is answered 504.")] = 60.0,
+    max_k: Annotated[int, typer.Option(min=1, help="Largest k a search may ask for.")] = 100,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask for.")] = 1024,
+    max_question_chars: Annotated[int, typer.Option(min=1, help="Longest question or query, in characters.")] = 4000,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body.")] = 1 << 20,
+    shutdown_timeout: Annotated[float, typer.Option(min=0, help="On SIGTERM: seconds requests in flight may take to finish.")] = 30.0,
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Require 'Authorization: Bearer <the value of this environment variable>'.")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")] = False,
+) -> None:
+    """Serve pipelines over HTTP: /v1/search, /v1/ask, OpenAI-compatible /v1/chat/completions."""
+    from ragline.cli.serve.server import api_key_from, load_pipelines
+    from ragline.cli.serve.server import serve as run_server
+    from ragline.cli.serve.settings import ServeSettings
+
+    settings = ServeSettings(batch_wait_ms=batch_wait_ms, max_batch=max_batch, max_queue=max_queue,
+                             request_timeout_s=timeout, max_k=max_k, max_tokens=max_tokens, max_question_chars=max_question_chars,
+                             max_body_bytes=max_body_bytes,
+                             shutdown_timeout_s=shutdown_timeout, api_key=api_key_from(api_key_env))
+    pipelines = load_pipelines(pipeline_files, str(index_dir) if index_dir else None)
+    run_server(pipelines, settings, host=host, port=port, access_log=access_log)
 
 
 def _timing_line(result) -> str:

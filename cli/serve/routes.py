@@ -1,0 +1,77 @@
+"""ragline's own API: ``/v1/search``, ``/v1/ask`` (SSE with ``stream``),
+``/healthz`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from ragline.cli.serve.access import require_ready, require_token, server_state
+from ragline.cli.serve.errors import pipeline_errors, request_id
+from ragline.cli.serve.metrics import CONTENT_TYPE
+from ragline.cli.serve.schemas import AskRequest, SearchRequest, read_request
+from ragline.cli.serve.sse import answer_events, event_stream
+from ragline.cli.serve.views import answer_view, finish_reason, search_view
+
+router = APIRouter()
+api = APIRouter(dependencies=[Depends(require_token), Depends(require_ready)])
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> JSONResponse:
+    state = server_state(request)
+    if state.ready:
+        return JSONResponse({"status": "ready", "pipelines": list(state.pipelines)})
+    return JSONResponse({"status": "failed" if state.failure else "warming up", "error": state.failure},
+                        status_code=503, headers={"Retry-After": "1"})
+
+
+@router.get("/metrics", dependencies=[Depends(require_token)])
+async def metrics(request: Request) -> Response:
+    return Response(server_state(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+@api.post("/v1/search")
+async def search(request: Request) -> JSONResponse:
+    """``{query | queries, k, pipeline?}`` → each query's top ``k`` passages
+    with ids, scores and text, and per-stage timings."""
+    state = server_state(request)
+    body = await read_request(request, SearchRequest, state.settings)
+    texts = body.texts()
+    served = state.pipeline(body.pipeline, "pipeline")
+    with pipeline_errors(request, "search"):
+        queries = await served.search(texts, body.k, state.settings.request_timeout_s)
+    return JSONResponse({"pipeline": served.name, "results": [search_view(q) for q in queries]})
+
+
+@api.post("/v1/ask")
+async def ask(request: Request) -> Response:
+    """One question → answer, citations, passages, timings; with ``stream``,
+    SSE: ``token`` events (``{"text"}``), then ``done`` (the same object
+    as without ``stream``) or ``error``."""
+    state = server_state(request)
+    body = await read_request(request, AskRequest, state.settings)
+    served = state.pipeline(body.pipeline, "pipeline", generating=True)
+    sampling = served.sampling(**body.overrides())
+    timeout = state.settings.request_timeout_s
+    if not body.stream:
+        with pipeline_errors(request, "answering"):
+            query = await served.answer(body.question, sampling, timeout)
+        return JSONResponse({"pipeline": served.name, **answer_view(query),
+                             "finish_reason": finish_reason(query, sampling)})
+    with pipeline_errors(request, "answering"):  # a full queue is a 429 before the stream starts
+        stream = served.stream(body.question, sampling, timeout)
+
+    async def events():
+        async for kind, value in answer_events(stream, request_id(request), "answering"):
+            if kind == "text":
+                yield {"event": "token", "data": json.dumps({"text": value}, ensure_ascii=False)}
+            elif kind == "done":
+                done = {"pipeline": served.name, **answer_view(value), "finish_reason": finish_reason(value, sampling)}
+                yield {"event": "done", "data": json.dumps(done, ensure_ascii=False)}
+            else:
+                yield {"event": "error", "data": json.dumps(value, ensure_ascii=False)}
+
+    return event_stream(events(), state.settings)

@@ -1,0 +1,195 @@
+"""One pipeline behind the server: what each operation runs on the
+pipeline's worker thread, and the micro-batcher in front of it.
+
+Operations: ``search`` runs the stages before generation (all of them in a
+retrieval pipeline) and attaches the text of each query's top ``k``;
+``answer`` runs the whole pipeline; ``stream`` runs it for one question with
+the answer streamed. Searches batch together, answers batch with answers
+that decode alike; a stream runs alone.
+
+A request's decoding settings (``max_tokens``, ``temperature``, ``stop``)
+never touch the shared stage: each batch runs a shallow copy of the
+``generate`` stage with its own ``Sampling``, sharing the loaded model and
+the passage KV store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from ragline.cli.ask import answer_question
+from ragline.cli.serve.batching import MicroBatcher
+from ragline.cli.serve.settings import ServeSettings
+from ragline.cli.serve.streaming import GenerationCancelled, StopFilter, TextChannel
+from ragline.cli.serve.worker import Worker
+from ragline.engine.index.docstore import fetch_passages
+from ragline.engine.pipeline import Pipeline
+from ragline.engine.types import Query
+from ragline.generators.backend import Sampling
+from ragline.generators.generate import Generate
+
+log = logging.getLogger(__name__)
+
+WARM_UP_QUERY = "ragline warm-up query"
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    text: str
+    k: int
+
+
+@dataclass(frozen=True)
+class AnswerJob:
+    question: str
+    sampling: Sampling
+
+
+@dataclass(frozen=True)
+class StreamJob:
+    question: str
+    sampling: Sampling
+    channel: TextChannel
+
+
+class ServedPipeline:
+    def __init__(self, name: str, pipeline: Pipeline, settings: ServeSettings,
+                 on_batch: Callable[[str, str, int, float], None] | None = None,
+                 on_cancelled: Callable[[str], None] | None = None):
+        self.name = name
+        self.pipeline = pipeline
+        last = pipeline.stages[-1]
+        self.generator: Generate | None = last if isinstance(last, Generate) else None
+        before = pipeline.stages[:-1] if self.generator else pipeline.stages
+        self.retrieval = Pipeline(before, top_k=0, batch_size=pipeline.batch_size) if before else None
+        self._on_cancelled = on_cancelled
+        self.worker = Worker(name)
+        self.batcher = MicroBatcher(
+            name, self.worker, self._run, wait_s=settings.batch_wait_ms / 1000, max_batch=settings.max_batch,
+            max_queue=settings.max_queue,
+            on_batch=None if on_batch is None else lambda operation, size, s: on_batch(name, operation, size, s))
+
+    @property
+    def generates(self) -> bool:
+        return self.generator is not None
+
+    @property
+    def searches(self) -> bool:
+        return self.retrieval is not None
+
+    def sampling(self, **overrides) -> Sampling:
+        """The generate stage's sampling with a request's overrides (None: keep)."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return dataclasses.replace(self.generator.sampling, **given)
+
+    # -- lifecycle (the event loop's side) ---------------------------------------------------
+    def start(self) -> None:
+        self.worker.start()
+        self.batcher.start()
+
+    async def warm_up(self) -> None:
+        """Load every stage and run the retrieval stages once, on the worker thread."""
+        await asyncio.wrap_future(self.worker.submit(self._warm_up))
+
+    async def stop(self, timeout: float) -> None:
+        await self.batcher.stop()
+        await asyncio.to_thread(self.worker.stop, timeout)
+
+    # -- requests (the event loop's side) -----------------------------------------------------
+    async def search(self, texts: list[str], k: int, timeout: float) -> list[Query]:
+        futures = self.batcher.enqueue("search", [SearchJob(text, k) for text in texts])
+        return await _within(timeout, asyncio.gather(*futures))
+
+    async def answer(self, question: str, sampling: Sampling, timeout: float) -> Query:
+        (future,) = self.batcher.enqueue("answer", [AnswerJob(question, sampling)], key=sampling)
+        return await _within(timeout, future)
+
+    def stream(self, question: str, sampling: Sampling, timeout: float) -> AnswerStream:
+        """Admit a streamed answer now (``QueueFull`` before any byte is sent); read it from the result."""
+        channel = TextChannel(asyncio.get_running_loop())
+        (future,) = self.batcher.enqueue("stream", [StreamJob(question, sampling, channel)], batchable=False)
+        future.add_done_callback(lambda _: channel.close())
+        return AnswerStream(future, channel, StopFilter(sampling.stop), time.monotonic() + timeout)
+
+    # -- on the worker thread ------------------------------------------------------------------
+    def _run(self, operation: str, jobs: list) -> list[Query]:
+        if operation == "search":
+            return self._search(jobs)
+        if operation == "answer":
+            return self._answer(jobs)
+        return [self._stream(job) for job in jobs]
+
+    def _search(self, jobs: list[SearchJob]) -> list[Query]:
+        queries = self.retrieval.run([Query(id=str(i), text=job.text) for i, job in enumerate(jobs)])
+        for query, job in zip(queries, jobs):
+            query.passages = fetch_passages(query.ranking[: job.k])
+        return queries
+
+    def _answer(self, jobs: list[AnswerJob]) -> list[Query]:
+        pipeline = self._pipeline_with(jobs[0].sampling)  # the batcher groups answers by sampling
+        return pipeline.run([Query(id=str(i), text=job.question) for i, job in enumerate(jobs)])
+
+    def _stream(self, job: StreamJob) -> Query:
+        if job.channel.cancelled:  # abandoned before it started
+            raise GenerationCancelled()
+        try:
+            return answer_question(self._pipeline_with(job.sampling), job.question, job.channel.send)
+        except GenerationCancelled:
+            log.debug("pipeline %s: generation stopped after %d pieces: the client went away",
+                      self.name, job.channel.pieces_sent)
+            if self._on_cancelled is not None:
+                self._on_cancelled(self.name)
+            raise
+
+    def _pipeline_with(self, sampling: Sampling) -> Pipeline:
+        generate = copy.copy(self.generator)  # shares the model, the KV store, the prompt builder
+        generate.sampling = sampling
+        before = self.retrieval.stages if self.retrieval else []
+        return Pipeline([*before, generate], top_k=self.pipeline.top_k, batch_size=self.pipeline.batch_size)
+
+    def _warm_up(self) -> None:
+        self.pipeline.warm_up()
+        if self.retrieval is not None:  # first calls compile, open and page in what warm_up only loads
+            self.retrieval.run([WARM_UP_QUERY])
+
+
+class AnswerStream:
+    """A streamed answer: its text piece by piece, then the finished query."""
+
+    def __init__(self, future: asyncio.Future, channel: TextChannel, stop: StopFilter, deadline: float):
+        self._future = future
+        self._channel = channel
+        self._stop = stop
+        self._deadline = deadline
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """Text as it is generated, adding up to the final answer;
+        ``TimeoutError`` past the request's deadline."""
+        while (piece := await _within(self._deadline - time.monotonic(), self._channel.receive())) is not None:
+            if text := self._stop.feed(piece):
+                yield text
+        if rest := self._stop.flush():
+            yield rest
+
+    async def result(self) -> Query:
+        return await self._future
+
+    def cancel(self) -> None:
+        """Stop generating (at the next token), or never start."""
+        self._channel.cancel()
+        self._future.cancel()
+
+
+async def _within(seconds: float, awaitable):
+    """``awaitable``'s result, or ``TimeoutError`` (the builtin, on every Python) after ``seconds``."""
+    try:
+        return await asyncio.wait_for(awaitable, max(seconds, 0))
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no result within {seconds:.0f} s") from None
+
