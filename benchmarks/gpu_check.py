@@ -31,7 +31,22 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's parent: `import ragline` without installing
+
+def _importable_ragline() -> None:
+    """``import ragline`` on a machine where it is not installed (the GPU
+    machine gets a bare copy of the checkout, whatever its folder is called):
+    a link named ``ragline`` to the checkout, on ``sys.path``."""
+    import importlib.util
+    import tempfile
+
+    if importlib.util.find_spec("ragline") is not None:
+        return
+    links = Path(tempfile.mkdtemp(prefix="ragline-path-"))
+    (links / "ragline").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+    sys.path.insert(0, str(links))
+
+
+_importable_ragline()
 
 FULL = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
             num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768 + 1024,

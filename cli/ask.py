@@ -24,9 +24,11 @@ def ask_pipeline(index: str, config: str | Path | None = None, *, retriever: str
     (``options`` go to the generation backend, e.g. an http ``url``)."""
     if config is not None:
         pipeline = Pipeline.load(config, defaults={"index": index})
-        if not isinstance(pipeline.stages[-1], Generate):
-            pipeline.stages.append(Generate())
-        return pipeline
+        if isinstance(pipeline.stages[-1], Generate):
+            return pipeline
+        # A new pipeline, not an appended stage: its checks (stage order, one
+        # generator prompt for AttnRank and generation) must see the generator.
+        return Pipeline([*pipeline.stages, Generate()], top_k=pipeline.top_k, batch_size=pipeline.batch_size)
     stages = list(retrieval_pipeline(index, retriever, k=depth).stages)
     if reranker:
         stages.append(lookup(STAGES, "cross_encoder")(model=reranker, top_k=passages, depth=depth))

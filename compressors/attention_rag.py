@@ -74,7 +74,7 @@ class AttentionRAG(SentenceCompressor):
         from ragline.engine.lm.causal_lm import load_causal_lm
 
         super().warm_up()
-        self._model, self._tokenizer_lm = load_causal_lm(self.model_name, device=self.device, dtype="float32")
+        self._model, self._tokenizer_lm = load_causal_lm(self.model_name, device=self.device, dtype="auto")
         self._probe = AttentionProbe(self._model, backend=self.backend)
 
     # -- the cue -------------------------------------------------------------------

@@ -103,7 +103,7 @@ class Sentinel(SentenceCompressor):
         if self.classifier is not None and canonical_model_id(proxy) != canonical_model_id(self.classifier.proxy):
             raise ConfigError(f"the Sentinel probe {self.probe_path} was trained on {self.classifier.proxy}'s "
                               f"attention, not {proxy}'s")
-        model, tokenizer = load_causal_lm(proxy, device=self.device, dtype="float32")
+        model, tokenizer = load_causal_lm(proxy, device=self.device, dtype="auto")
         self.features = AttentionFeatures(model, tokenizer, self.max_context_tokens, self.backend)
         if self.classifier is not None:
             shape = (self.features.layers, self.features.heads)

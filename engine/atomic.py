@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -68,8 +69,7 @@ def atomic_directory(path: str | Path, kind: str = "output",
     check_replaceable(path, kind, recognise)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.building-"))
-    lock = _lock_directory(tmp)
+    tmp, lock = _locked_temporary(path, "building")
     try:
         yield tmp
         (tmp / MARKER).write_text(f"{kind}\n", encoding="utf-8")
@@ -99,6 +99,10 @@ def refuse_overlap(output: str | Path, *inputs: str | Path | None, option: str =
 def remove_stale_temporaries(path: Path) -> None:
     """Remove the temporary folders of builds of ``path`` whose process is gone;
     a previous folder stranded by a crash between two renames goes back first."""
+    for creating in path.parent.glob(f".{path.name}.creating-*"):
+        # Killed in the instant between making and naming a folder: nothing in it.
+        if time.time() - creating.stat().st_mtime > 60:
+            shutil.rmtree(creating, ignore_errors=True)
     for candidate in sorted(path.parent.glob(f".{path.name}.old-*")) + sorted(path.parent.glob(f".{path.name}.building-*")):
         if not candidate.is_dir():
             continue
@@ -135,6 +139,17 @@ def check_replaceable(path: Path, kind: str, recognise: Callable[[Path], bool] |
     raise InputError(f"{path} exists and is not a folder; refusing to replace it with a {kind}")
 
 
+def _locked_temporary(path: Path, kind: str) -> tuple[Path, int]:
+    """A new folder ``.NAME.<kind>-*`` beside ``path``, already locked when it
+    gets that name (it is made and locked as ``.NAME.creating-*`` first), so a
+    concurrent clean-up never takes it for an abandoned one."""
+    creating = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.creating-"))
+    lock = _lock_directory(creating)
+    final = creating.with_name(creating.name.replace(".creating-", f".{kind}-", 1))
+    os.replace(creating, final)
+    return final, lock
+
+
 def _lock_directory(directory: Path) -> int:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -153,8 +168,7 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
         return
     # Two renames: a crash between them leaves the previous folder beside
     # ``path`` under ``.NAME.old-*``, intact.
-    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-    lock = _lock_directory(old)
+    old, lock = _locked_temporary(path, "old")
     try:
         os.replace(path, old / "previous")
         os.replace(tmp, path)

@@ -2,9 +2,10 @@
 
 A stage's constructor annotations are its settings schema: when a stage is
 made (from Python, a YAML file or a CLI option) pydantic checks every given
-argument against its annotation, so ``k: "many"``, ``k: 2.5`` or
-``weights: {bm25: "x"}`` fail with one line naming the setting instead of a
-traceback later. The types below add the ranges most settings need.
+argument against its annotation, strictly (an integer is not a string, a
+float or a boolean; a float may be written as an integer), so ``k: "many"``,
+``k: 2.5``, ``k: true`` or ``weights: {bm25: "x"}`` fail with one line naming
+the setting instead of a traceback later. The types below add the ranges most settings need.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import functools
 import inspect
 import logging
 import typing
+from pathlib import PurePath
 from typing import Annotated, Any
 
 from annotated_types import Ge, Gt, Le
@@ -36,13 +38,26 @@ def check_settings(owner: str, init, arguments: dict[str, Any]) -> None:
         return
     import pydantic
 
-    checked = {name: value for name, value in arguments.items() if name in model.model_fields}
+    checked = {name: _as_written(value) for name, value in arguments.items() if name in model.model_fields}
     try:
         model.model_validate(checked)
     except pydantic.ValidationError as error:
         problem = error.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])
         raise ConfigError(f"{owner}: {where}: {_plain_message(problem)} (got {problem['input']!r})") from None
+
+
+def _as_written(value: Any) -> Any:
+    """What a YAML file would hold for ``value``: checking is strict (``k: 2.0``
+    or ``k: "10"`` is not an integer, ``true`` is not a number), but a tuple
+    stands for a list and a path for a string, as they would when saved."""
+    if isinstance(value, (list, tuple)):
+        return [_as_written(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_written(v) for k, v in value.items()}
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
 
 
 def _plain_message(problem: dict) -> str:
@@ -69,5 +84,5 @@ def _settings_model(init):
         # is required), so no field is required here.
         default = None if parameter.default is parameter.empty else parameter.default
         fields[name] = (hints.get(name, Any), default)
-    config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+    config = pydantic.ConfigDict(strict=True, arbitrary_types_allowed=True)
     return pydantic.create_model(f"{init.__qualname__}.settings", __config__=config, **fields)

@@ -61,8 +61,10 @@ def eval_beir(
     """Score a retriever or pipeline on a BEIR dataset."""
     from ragline.eval.beir import open_dataset
     from ragline.eval.beir_eval import evaluate_beir
-    from ragline.eval.report import print_metrics
+    from ragline.eval.report import check_results_folder, print_metrics
 
+    if results:
+        check_results_folder(results)
     dataset = open_dataset(data, split)
     pipe = _pipeline(index, pipeline, retriever, k, dataset.corpus)
     names = [m for m in metrics.split(",") if m.strip()]
@@ -102,8 +104,10 @@ def eval_posir(
 
     from ragline.eval.posir import evaluate_posir
     from ragline.eval.posir_plot import plot_position_bias
-    from ragline.eval.report import write_json, write_jsonl
+    from ragline.eval.report import check_results_folder, results_folder, write_json, write_jsonl
 
+    if results:
+        check_results_folder(results)  # before the evaluation, not after it
     languages = [x.strip() for x in langs.split(",")] if langs else None
     runs = {name: evaluate_posir(root, name, languages, cross_lingual, max_seq_length=max_seq_length) for name in encoder or ["all-MiniLM-L6-v2"]}
     table = Table(title="PosIR position bias")
@@ -116,13 +120,14 @@ def eval_posir(
                               f"{stats['binned_ndcg10']:.4f}", f"{stats['psi']:.3f}", f"{stats['slope']:+.3f}")
     out.print(table)
     if results:
-        write_jsonl(results / "per_query.jsonl", (
-            {"encoder": name, "language": lang, **row}
-            for name, result in runs.items() for lang, rows in result["rows"].items() for row in rows
-        ))
-        write_json(results / "summary.json", {name: {k: v for k, v in result.items() if k != "rows"} for name, result in runs.items()})
-        panels = {f"{name} · {lang}": report for name, result in runs.items() for lang, report in result["report"].items()}
-        plot_position_bias(panels, results / "position.png")
+        with results_folder(results) as folder:
+            write_jsonl(folder / "per_query.jsonl", (
+                {"encoder": name, "language": lang, **row}
+                for name, result in runs.items() for lang, rows in result["rows"].items() for row in rows
+            ))
+            write_json(folder / "summary.json", {name: {k: v for k, v in result.items() if k != "rows"} for name, result in runs.items()})
+            panels = {f"{name} · {lang}": report for name, result in runs.items() for lang, report in result["report"].items()}
+            plot_position_bias(panels, folder / "position.png")
         out.print(f"[green]wrote[/] {results}/per_query.jsonl, summary.json, position.png")
 
 
@@ -157,8 +162,17 @@ def eval_qa(
     from ragline.engine.data.hotpotqa import read_hotpotqa
     from ragline.engine.pipeline import Pipeline
     from ragline.eval.qa import evaluate_qa
-    from ragline.eval.report import package_versions, pipeline_provenance, write_json, write_jsonl
+    from ragline.eval.report import (
+        check_results_folder,
+        package_versions,
+        pipeline_provenance,
+        results_folder,
+        write_json,
+        write_jsonl,
+    )
 
+    if results:
+        check_results_folder(results)
     questions = read_hotpotqa(data, limit)
     pipe = Pipeline.load(pipeline) if pipeline else None
     rows, summary = evaluate_qa(questions, pipe, setting, complete_only, progress=sys.stderr.isatty())
@@ -176,10 +190,11 @@ def eval_qa(
         table.add_row(f"{stage} s/question", _number(seconds), _interval(intervals["stage_seconds"].get(stage)))
     out.print(table)
     if results:
-        write_jsonl(results / QA_ROWS, rows)
-        write_json(results / QA_SUMMARY, {**summary, "data": str(data.resolve()), "setting": setting,
-                                          "config": pipeline_provenance(pipe) if pipe else None,
-                                          "versions": package_versions()})
+        with results_folder(results) as folder:
+            write_jsonl(folder / QA_ROWS, rows)
+            write_json(folder / QA_SUMMARY, {**summary, "data": str(data.resolve()), "setting": setting,
+                                              "config": pipeline_provenance(pipe) if pipe else None,
+                                              "versions": package_versions()})
         out.print(f"[green]wrote[/] {results}/{QA_ROWS}, {QA_SUMMARY}")
 
 

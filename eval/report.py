@@ -14,8 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ragline.engine.atomic import atomic_file, atomic_write_text
+from ragline.engine.atomic import atomic_directory, atomic_file, atomic_write_text, check_replaceable
 from ragline.engine.data.runfile import write_run
+from ragline.engine.data.text import read_lines
 from ragline.engine.errors import InputError
 from ragline.engine.index.layout import IndexDir
 from ragline.engine.pipeline import Pipeline
@@ -55,20 +56,19 @@ def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows ``write_jsonl`` wrote; a line that is not a JSON object is an
-    error naming the file and line."""
+    """The rows ``write_jsonl`` wrote; a line that is not a JSON object (or not
+    UTF-8) is an error naming the file and line."""
     rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                row = None
-            if not isinstance(row, dict):
-                raise InputError("not a JSON object", path, number)
-            rows.append(row)
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise InputError("not a JSON object", path, number)
+        rows.append(row)
     return rows
 
 
@@ -77,12 +77,30 @@ def write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
+RESULTS_KIND = "results folder"
+
+
+def check_results_folder(out: Path) -> None:
+    """Refuse, before a long evaluation, an ``--out`` it would not replace."""
+    check_replaceable(out, RESULTS_KIND, _is_results)
+
+
+def results_folder(out: Path):
+    """A context manager yielding a temporary folder that becomes ``out`` whole
+    when the block succeeds: a run's files are never mixed with another's."""
+    return atomic_directory(out, RESULTS_KIND, recognise=_is_results)
+
+
+def _is_results(path: Path) -> bool:
+    return (path / "summary.json").is_file()
+
+
 def write_results(out: Path, run: Mapping[str, list[tuple[str, float]]], per_query: Mapping[str, Mapping[str, float]],
                   summary: Mapping[str, Any], tag: str = "ragline") -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_run(out / "run.trec", run, tag=tag)
-    write_jsonl(out / "per_query.jsonl", ({"qid": qid, **values} for qid, values in per_query.items()))
-    write_json(out / "summary.json", summary)
+    with results_folder(out) as tmp:
+        write_run(tmp / "run.trec", run, tag=tag)
+        write_jsonl(tmp / "per_query.jsonl", ({"qid": qid, **values} for qid, values in per_query.items()))
+        write_json(tmp / "summary.json", summary)
 
 
 def print_metrics(console: Console, title: str, means: Mapping[str, float], reference: Mapping[str, float] | None = None) -> None:

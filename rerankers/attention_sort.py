@@ -44,7 +44,7 @@ class AttentionSort(Stage):
         from ragline.engine.lm.causal_lm import load_causal_lm
         from ragline.rerankers.passage_attention import PassageAttention
 
-        model, tokenizer = load_causal_lm(self.model, device=self.device, dtype="float32")
+        model, tokenizer = load_causal_lm(self.model, device=self.device, dtype="auto")
         self.reader = PassageAttention(model, tokenizer, self.builder, self.backend)
 
     def generator_prompt(self) -> dict[str, Any]:

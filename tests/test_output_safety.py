@@ -121,9 +121,10 @@ KILL_AT_STEP = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     def replace(a, b):
-        calls["replace"] += 1
-        if step == "between_renames" and calls["replace"] == 2:
-            die()
+        if calls.get("swapping"):  # naming the old folder, moving the old index, moving the new one
+            calls["replace"] += 1
+            if step == "between_renames" and calls["replace"] == 3:
+                die()
         return real["replace"](a, b)
 
     def rmtree(p, **kw):
@@ -213,3 +214,20 @@ def test_output_to_a_pipe_is_never_wrapped(user_folder):
     assert refused.returncode == 2 and len(str(user_folder / "notes")) + 30 > 80
     (message,) = refused.stderr.strip().splitlines()
     assert message.startswith("error: ") and message.endswith("(remove it yourself, or choose another place)")
+
+
+def test_eval_results_go_only_where_ragline_wrote_results(tmp_path):
+    """`eval qa --out` writes its files as one folder, and refuses a folder of
+    the user's before it spends any time evaluating."""
+    from ragline.eval.report import check_results_folder, results_folder
+
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("keep")
+    with pytest.raises(InputError, match="refusing"):
+        check_results_folder(tmp_path / "user")
+    with results_folder(tmp_path / "run") as folder:
+        (folder / "summary.json").write_text("{}")
+    with results_folder(tmp_path / "run") as folder:  # a second run replaces the first whole
+        (folder / "per_question.jsonl").write_text("")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [MARKER, "per_question.jsonl"]
+    assert (tmp_path / "user" / "notes.txt").read_text() == "keep"

@@ -168,3 +168,18 @@ def test_reordering_after_compression_reorders_the_context_the_generator_sees(ti
     assert [p.id for p in result.passages] == ["c", "b", "a"]
     assert result.context == ("[1] Berlin\nBerlin is in Germany.\n\n[2] Bananas\nBananas are yellow.\n\n"
                               "[3] Paris\nParis is in France. It is old.")
+
+
+def test_a_compression_that_keeps_nothing_prefills_the_whole_prompt(tiny_lm):
+    from ragline.compressors.baselines import LeadingSentences
+    from ragline.engine.index.docstore import query_over
+    from ragline.engine.pipeline import Pipeline
+    from ragline.generators.generate import Generate
+
+    generate = Generate(model=tiny_lm, passages=3, max_new_tokens=2, options={"device": "cpu", "dtype": "float32"},
+                        kv_reuse="block")
+    (result,) = Pipeline([LeadingSentences(budget=0, passages=3, tokenizer=tiny_lm), generate]).run(
+        [query_over("q", QUESTION, PASSAGES)])
+    assert result.kept == {} and result.answer is not None
+    assert result.trace[-1].extra["cached_tokens"] == 0 and result.trace[-1].extra["prefilled_tokens"] > 0
+    assert generate.answer_nll(result, "Paris") > 0

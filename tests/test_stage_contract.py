@@ -128,6 +128,17 @@ def test_every_setting_of_every_stage_survives_save_and_load(stage_name, tmp_pat
     assert written["stages"] == [{stage_name: settings}]
     loaded = Pipeline.load(tmp_path / "p.yaml").stages[0]
     assert type(loaded) is cls and loaded.to_config() == stage.to_config()
+    # The record is what the constructor was given, so also compare what the
+    # constructor did with it: a setting dropped or mis-assigned shows here.
+    assert public_state(loaded) == public_state(stage)
+    assert public_state(stage) != public_state(cls(**{k: v for k, v in settings.items() if k in REQUIRED.get(stage_name, ())}))
+
+
+REQUIRED = {"bm25": ("index",), "dense": ("index",), "cross_encoder": ("model",), "attnrank": ("profile",)}
+
+
+def public_state(stage) -> dict:
+    return {name: value for name, value in vars(stage).items() if not name.startswith("_")}
 
 
 def test_defaults_are_not_written():

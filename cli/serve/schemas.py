@@ -77,7 +77,7 @@ class _Sampling(_Strict):
     max_tokens: MaxTokens | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None  # what torch.manual_seed takes
     stop: Stops | None = None
 
     def overrides(self) -> dict:

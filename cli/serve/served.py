@@ -59,9 +59,11 @@ class StreamJob:
 
 
 class ServedPipeline:
-    def __init__(self, name: str, pipeline: Pipeline, settings: ServeSettings,
+    def __init__(self, name: str, pipeline: Pipeline, settings: ServeSettings, worker: Worker,
                  on_batch: Callable[[str, str, int, float], None] | None = None,
                  on_cancelled: Callable[[str], None] | None = None):
+        """``worker``: the thread this pipeline's model work runs on, shared
+        with every other served pipeline (they may share loaded models)."""
         self.name = name
         self.pipeline = pipeline
         last = pipeline.stages[-1]
@@ -69,7 +71,7 @@ class ServedPipeline:
         before = pipeline.stages[:-1] if self.generator else pipeline.stages
         self.retrieval = Pipeline(before, top_k=0, batch_size=pipeline.batch_size) if before else None
         self._on_cancelled = on_cancelled
-        self.worker = Worker(name)
+        self.worker = worker
         self.batcher = MicroBatcher(
             name, self.worker, self._run, wait_s=settings.batch_wait_ms / 1000, max_batch=settings.max_batch,
             max_queue=settings.max_queue,
@@ -90,16 +92,15 @@ class ServedPipeline:
 
     # -- lifecycle (the event loop's side) ---------------------------------------------------
     def start(self) -> None:
-        self.worker.start()
         self.batcher.start()
 
     async def warm_up(self) -> None:
         """Load every stage and run the retrieval stages once, on the worker thread."""
         await asyncio.wrap_future(self.worker.submit(self._warm_up))
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self) -> None:
+        """Stop batching; the shared worker is stopped by the server state."""
         await self.batcher.stop()
-        await asyncio.to_thread(self.worker.stop, timeout)
 
     # -- requests (the event loop's side) -----------------------------------------------------
     async def search(self, texts: list[str], k: int, timeout: float) -> list[Query]:

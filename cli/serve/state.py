@@ -1,5 +1,5 @@
-"""What one app serves: its pipelines (each with its worker thread and
-batcher), its settings and metrics, and whether it is ready.
+"""What one app serves: its pipelines (each with its batcher, all on one
+worker thread), its settings and metrics, and whether it is ready.
 
 Warm-up runs in the background once the server listens, so ``/healthz``
 can say 503 until every stage is loaded; then pipelines whose generators
@@ -18,6 +18,7 @@ from ragline.cli.serve.errors import ApiError
 from ragline.cli.serve.metrics import ServerMetrics
 from ragline.cli.serve.served import ServedPipeline
 from ragline.cli.serve.settings import ServeSettings
+from ragline.cli.serve.worker import Worker
 from ragline.engine.errors import RaglineError
 from ragline.engine.pipeline import Pipeline
 
@@ -32,7 +33,13 @@ class ServerState:
             raise ValueError("nothing to serve: give at least one pipeline")
         self.settings = settings
         self.metrics = ServerMetrics()
-        self.pipelines = {name: ServedPipeline(name, pipeline, settings, on_batch=self.metrics.observe_batch,
+        # One thread for all model work: pipelines share loaded models (the
+        # process-wide model cache) and KV stores, and a model's forward, the
+        # attention probe's swap of its attention function and seeded sampling
+        # must not run twice at once on it.
+        self.worker = Worker("models")
+        self.pipelines = {name: ServedPipeline(name, pipeline, settings, self.worker,
+                                               on_batch=self.metrics.observe_batch,
                                                on_cancelled=self.metrics.count_cancelled)
                           for name, pipeline in pipelines.items()}
         self.started_at = int(time.time())
@@ -44,6 +51,7 @@ class ServerState:
         self.metrics.watch(lambda: {name: p.batcher.depth for name, p in self.pipelines.items()}, self.kv_stores)
 
     async def start(self) -> None:
+        self.worker.start()
         for served in self.pipelines.values():
             served.start()
         self._warming = asyncio.get_running_loop().create_task(self._warm_up())
@@ -51,7 +59,8 @@ class ServerState:
     async def close(self) -> None:
         if self._warming is not None:
             self._warming.cancel()
-        await asyncio.gather(*(p.stop(self.settings.shutdown_timeout_s) for p in self.pipelines.values()))
+        await asyncio.gather(*(p.stop() for p in self.pipelines.values()))
+        await asyncio.to_thread(self.worker.stop, self.settings.shutdown_timeout_s)
 
     async def _warm_up(self) -> None:
         started = time.perf_counter()

@@ -1,9 +1,9 @@
-"""One thread per served pipeline, where all of its model work runs.
+"""The thread where all model work of the served pipelines runs.
 
-A pipeline's stages are not known to be safe to run twice at once (a
-searcher, a model, a KV store), and the engine is batch-first anyway: one
-thread that runs whole batches, one after another, keeps the event loop free
-and the stages single-threaded. The thread is a daemon, so a batch that never
+Stages are not known to be safe to run twice at once (a searcher, a model
+shared through the model cache, a KV store), and the engine is batch-first
+anyway: one thread that runs whole batches, one after another, keeps the
+event loop free and the stages single-threaded. The thread is a daemon, so a batch that never
 returns cannot keep the process alive after shutdown has given up on it.
 """
 
@@ -44,7 +44,7 @@ class Worker:
         self._jobs.put(_STOP)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.warning("pipeline %s: the worker is still busy after %.0f s; leaving it behind", self.name, timeout)
+            log.warning("%s: the worker is still busy after %.0f s; leaving it behind", self.name, timeout)
             return False
         return True
 

@@ -105,14 +105,16 @@ def _pruned_block_prompt(tokenizer, builder: PromptBuilder, question: str, passa
         blocks_text.append(f"[{number}]" + tokenizer.decode([ids[i] for i in positions]))
     context = "\n\n".join(blocks_text)
     text = prompt_text(tokenizer, builder.messages(question, context=context))
-    start = text.find(context) if context else -1
-    if context and start < 0:
-        raise RaglineError("the compressed context is not in the rendered prompt (does the template rewrite it?)")
 
     def ids(piece: str) -> list[int]:
         return tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
 
-    prefix_text, final_text = (text[:start], text[start + len(context):]) if context else (text, "")
+    if not numbered:  # nothing kept: no passage to reuse, the whole prompt is prefilled
+        return BlockPrompt([], [], ids(text), [])
+    start = text.find(context)
+    if start < 0:
+        raise RaglineError("the compressed context is not in the rendered prompt (does the template rewrite it?)")
+    prefix_text, final_text = text[:start], text[start + len(context):]
     blocks: list[list[int]] = []
     keep: list[list[int] | None] = []
     for slot, ((number, _), (passage_ids, positions)) in enumerate(zip(numbered, bodies)):

@@ -105,9 +105,9 @@ class PassageKVReuse:
 
         self.warm_up()
         prompt = block_prompt(self.generator.tokenizer, builder, question, passages, kept)
-        if self.mode == "full":
+        cache = None if self.mode == "full" else self._assembled_cache(prompt)
+        if cache is None:  # "full", or nothing cached (a compression that kept nothing)
             return self.generator.continuation_nll(prompt.all_ids, answer_ids)
-        cache = self._assembled_cache(prompt)
         logits = final_block_logits(self.generator.lm, cache, list(prompt.final) + list(answer_ids))
         predicting = logits[len(prompt.final) - 1: len(prompt.final) - 1 + len(answer_ids)]
         targets = torch.tensor(answer_ids, device=predicting.device)
