@@ -53,6 +53,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/reorder.py
 	$(BIN)/python benchmarks/kv_reuse.py
+	$(BIN)/python benchmarks/headline.py
+	$(BIN)/python benchmarks/update.py
+	$(BIN)/python benchmarks/serve.py --threads 1
 
 # all-mpnet-base-v2 ships as a zip split over five packages (~470 MB); only the
 # PosIR benchmark uses it, so it is not part of the default setup.

@@ -17,6 +17,8 @@ _LAZY_EXPORTS = {
     "CrossEncoderRerank": "ragline.rerankers.cross_encoder",
     "Generate": "ragline.generators.generate",
     "build_index": "ragline.engine.index.build",
+    "update_index": "ragline.engine.index.update",
+    "Index": "ragline.engine.index.update",
 }
 
 __all__ = sorted(_LAZY_EXPORTS) + ["__version__"]

@@ -87,11 +87,20 @@ def index(
     overlap: Annotated[int, typer.Option(min=0, help="Words shared by consecutive chunks.")] = 0,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Lucene indexing threads.")] = None,
     encoding_errors: EncodingErrors = "strict",
+    update: Annotated[bool, typer.Option("--update", help="Update the index at --out from CORPUS: add new ids, replace changed documents, keep unchanged ones (not re-encoded); built with its recorded settings.")] = False,
+    delete: Annotated[Optional[Path], typer.Option("--delete", help="With --update: also remove the document ids in this file (one a line).")] = None,
+    delete_missing: Annotated[bool, typer.Option("--delete-missing", help="With --update: CORPUS is the whole collection; remove documents it lacks.")] = False,
 ) -> None:
-    """Build an index over a corpus: BM25, dense, or both (default: both)."""
+    """Build an index over a corpus: BM25, dense, or both (default: both); or update one (--update)."""
     from ragline.engine.index.build import build_index
     from ragline.engine.lm.encoders import DEFAULT_ENCODER
 
+    if update:
+        _update_index(corpus, out_dir, fmt, delete, delete_missing, _encoding_errors(encoding_errors),
+                      settings_given=bm25 or dense is not None or window is not None or overlap or faiss != "flat")
+        return
+    if delete is not None or delete_missing:
+        raise typer.BadParameter("only with --update", param_hint="'--delete' / '--delete-missing'")
     if window is not None and overlap >= window:
         raise typer.BadParameter(f"{overlap} must be smaller than --window ({window})", param_hint="'--overlap'")
     components: dict[str, dict] = {}
@@ -106,6 +115,24 @@ def index(
     out.print(
         f"[green]indexed[/] {meta['documents']:,} documents ({meta['passages']:,} passages) "
         f"into {out_dir} with {', '.join(meta['components'])}"
+    )
+
+
+def _update_index(corpus: Path, out_dir: Path, fmt: str, delete: Optional[Path], delete_missing: bool,
+                  encoding_errors: str, settings_given: bool) -> None:
+    from ragline.engine.index.update import read_ids, update_index
+
+    if settings_given:
+        raise typer.BadParameter("an update uses the settings the index was built with; leave out --bm25, --dense, "
+                                 "--faiss, --window and --overlap (or rebuild without --update)", param_hint="'--update'")
+    ids = read_ids(delete, encoding_errors) if delete is not None else []
+    meta = update_index(corpus, out_dir, fmt=fmt, delete=ids, delete_missing=delete_missing,
+                        progress=sys.stderr.isatty(), encoding_errors=encoding_errors)
+    change = meta["last_update"]
+    out.print(
+        f"[green]updated[/] {out_dir}: {change['added']:,} added, {change['replaced']:,} replaced, "
+        f"{change['unchanged']:,} unchanged, {change['deleted']:,} deleted; now {meta['documents']:,} documents "
+        f"({meta['passages']:,} passages, {change['passages_indexed']:,} indexed anew)"
     )
 
 

@@ -69,6 +69,10 @@ class VLLMGenerator(GeneratorBackend):
                            _first_token_seconds(o), seconds) for o in outputs]
 
     def answer_nll(self, conversation: Conversation, answer: str) -> float:
+        """Scored on ragline's rendering of the chat prompt (the hf backend's,
+        ``prompt_ids``); vLLM's own ``chat`` renders the template itself, so
+        for a template whose two renderings differ the score is of a prompt
+        that differs from the one answered from, by that rendering."""
         self.warm_up()
         from vllm import SamplingParams
 

@@ -2,6 +2,10 @@
 
 The index uses Anserini's default analyzer (Porter stemming, English stop
 words); k1 and b are search-time settings, defaulting to pyserini's 0.9/0.4.
+
+An update re-indexes every passage of the new index (engine/index/update.py):
+BM25's collection statistics (document count, average length) then are
+exactly those of a rebuild, and Lucene indexing is the cheap part of a build.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ragline.engine.index.layout import IndexDir
+from ragline.engine.index.layout import IndexDir, read_consistently
 from ragline.engine.settings import NonNegativeFloat, PositiveInt, UnitInterval
 from ragline.engine.types import Passage
 from ragline.retrievers.base import Retriever
@@ -31,6 +35,10 @@ class BM25IndexBuilder:
         self.threads = threads or _default_threads()
         self._indexer = None
         self._count = 0
+
+    @staticmethod
+    def settings_from_meta(recorded: dict[str, Any]) -> dict[str, Any]:
+        return {}
 
     def open(self, directory: Path) -> None:
         directory.mkdir(parents=True)
@@ -74,11 +82,14 @@ class BM25(Retriever):
         self._searcher = None
 
     def warm_up(self) -> None:
-        index = IndexDir.open(self.index)
+        self._store, self._searcher = read_consistently(self.index, self._open)
+
+    def _open(self, index: IndexDir):
         path, _ = index.component("bm25")
-        self._store = index.docstore()
-        self._searcher = lucene_searcher(path)
-        self._searcher.set_bm25(float(self.k1), float(self.b))
+        store = index.docstore()
+        searcher = lucene_searcher(path)
+        searcher.set_bm25(float(self.k1), float(self.b))
+        return store, searcher
 
     def search(self, texts: list[str], k: int | None = None) -> list[list[tuple[str, float]]]:
         """``(passage id, score)`` lists, one per text, best first."""

@@ -4,6 +4,10 @@ Building streams embeddings to a float32 file (``embeddings.f32``), so the
 corpus never has to fit in memory, then builds the FAISS index from a memory
 map of it. The folder records its settings in ``meta.json``; a query with
 another encoder than the one recorded is refused.
+
+An update (engine/index/update.py) copies the stored embeddings of unchanged
+passages from the previous index and encodes only new and changed ones; the
+FAISS index is then built from the assembled matrix, as a rebuild would.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ragline.engine.errors import ConfigError, EncoderMismatch, RaglineError
-from ragline.engine.index.layout import IndexDir
+from ragline.engine.index.layout import IndexDir, read_consistently
 from ragline.engine.lm.encoders import DEFAULT_ENCODER, encode_texts, encoder_fingerprint, load_sentence_encoder
 from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.settings import PositiveInt
@@ -40,6 +44,12 @@ class DenseIndexBuilder:
         self._file = None
         self._model = None
         self._count = 0
+        self._previous: np.ndarray | None = None
+        self.encoded = 0  # passages encoded (not copied from a previous index)
+
+    @staticmethod
+    def settings_from_meta(recorded: dict[str, Any]) -> dict[str, Any]:
+        return {"encoder": recorded["encoder"], "factory": recorded.get("preset", recorded["factory"])}
 
     def open(self, directory: Path) -> None:
         import_faiss()  # fail before encoding anything
@@ -48,13 +58,34 @@ class DenseIndexBuilder:
         self._model = load_sentence_encoder(self.encoder, self.device)
         self._file = open(directory / EMBEDDINGS, "wb")
 
-    def add(self, passages: list[Passage]) -> None:
-        vectors = encode_texts(self._model, [p.indexed_text() for p in passages], self.batch_size)
+    def reuse(self, previous: Path) -> None:
+        """Take the embeddings of unchanged passages from the dense folder
+        ``previous``, after checking they come from this very encoder."""
+        meta = json.loads((previous / "meta.json").read_text(encoding="utf-8"))
+        recorded, current = meta.get("encoder_fingerprint"), encoder_fingerprint(self.encoder)
+        same_encoder = canonical_model_id(self.encoder) == meta["encoder"] and (recorded is None or recorded == current)
+        if not same_encoder or meta["dim"] != self._model.get_embedding_dimension():
+            raise EncoderMismatch(f"the encoder {meta['encoder']!r} has changed since the index at {previous.parent} "
+                                  "was built; its embeddings cannot be reused: rebuild the index")
+        self._previous = np.memmap(previous / EMBEDDINGS, dtype=np.float32, mode="r", shape=(meta["count"], meta["dim"]))
+
+    def add(self, passages: list[Passage], previous_rows: list[int | None] | None = None) -> None:
+        if previous_rows is None:
+            previous_rows = [None] * len(passages)
+        fresh = [i for i, row in enumerate(previous_rows) if row is None]
+        vectors = np.empty((len(passages), self._model.get_embedding_dimension()), dtype=np.float32)
+        kept = [i for i, row in enumerate(previous_rows) if row is not None]
+        if kept:
+            vectors[kept] = self._previous[[previous_rows[i] for i in kept]]
+        if fresh:
+            vectors[fresh] = encode_texts(self._model, [passages[i].indexed_text() for i in fresh], self.batch_size)
         self._file.write(vectors.tobytes())
         self._count += len(passages)
+        self.encoded += len(fresh)
 
     def close(self) -> dict[str, Any]:
         self._file.close()
+        self._previous = None
         dim = self._model.get_embedding_dimension()
         vectors = np.memmap(self._dir / EMBEDDINGS, dtype=np.float32, mode="r", shape=(self._count, dim))
         index, factory = build_faiss_index(vectors, self.factory)
@@ -77,6 +108,7 @@ class DenseIndexBuilder:
     def abort(self) -> None:
         if self._file is not None:
             self._file.close()
+        self._previous = None
 
 
 class Dense(Retriever):
@@ -106,21 +138,9 @@ class Dense(Retriever):
         self._model = None
 
     def warm_up(self) -> None:
-        index = IndexDir.open(self.index)
-        path, meta = index.component("dense")
-        if self.encoder is not None and canonical_model_id(self.encoder) != meta["encoder"]:
-            raise EncoderMismatch(
-                f"index {self.index} was built with encoder {meta['encoder']!r}, "
-                f"not {canonical_model_id(self.encoder)!r}; query it with the same encoder or rebuild it"
-            )
-        faiss = import_faiss()
-        faiss_index = faiss.read_index(str(path / FAISS_FILE))
+        meta, faiss_index, self._store, self._ids = read_consistently(self.index, self._open)
         set_search_params(faiss_index, self.nprobe, self.ef_search)
         self._faiss_index = maybe_to_gpu(faiss_index, self.gpu)
-        self._store = index.docstore()
-        self._ids = self._store.ids_in_row_order()
-        if len(self._ids) != faiss_index.ntotal:
-            raise RaglineError(f"index {self.index} is inconsistent: {faiss_index.ntotal} vectors, {len(self._ids)} passages")
         recorded = meta.get("encoder_fingerprint")  # absent in indexes built before it was recorded
         if recorded is not None and encoder_fingerprint(meta["encoder"]) not in (recorded, None):
             raise EncoderMismatch(
@@ -130,6 +150,21 @@ class Dense(Retriever):
         self._model = load_sentence_encoder(meta["encoder"], self.device)
         if self._model.get_embedding_dimension() != meta["dim"]:
             raise EncoderMismatch(f"encoder {meta['encoder']!r} now gives {self._model.get_embedding_dimension()} dimensions, the index has {meta['dim']}")
+
+    def _open(self, index: IndexDir):
+        """The index's dense settings, FAISS index, store and passage ids, all of one version."""
+        path, meta = index.component("dense")
+        if self.encoder is not None and canonical_model_id(self.encoder) != meta["encoder"]:
+            raise EncoderMismatch(
+                f"index {self.index} was built with encoder {meta['encoder']!r}, "
+                f"not {canonical_model_id(self.encoder)!r}; query it with the same encoder or rebuild it"
+            )
+        faiss_index = import_faiss().read_index(str(path / FAISS_FILE))
+        store = index.docstore()
+        ids = store.ids_in_row_order()
+        if len(ids) != faiss_index.ntotal:
+            raise RaglineError(f"index {self.index} is inconsistent: {faiss_index.ntotal} vectors, {len(ids)} passages")
+        return meta, faiss_index, store, ids
 
     def encode(self, texts: list[str]) -> np.ndarray:
         self.warm_up()

@@ -8,6 +8,13 @@ Components (``bm25``, ``dense``, or any registered in the
     builder.add(passages)       # a batch at a time
     builder.close() -> dict     # finish; settings to record in meta.json
     builder.abort()             # release resources after a failure
+
+Updates (engine/index/update.py) rebuild a component from what it recorded:
+``Builder.settings_from_meta(recorded) -> dict`` gives the constructor's
+arguments. A component that can reuse its previous work also has
+``builder.reuse(previous_folder)``, and is then fed
+``builder.add(passages, previous_rows)``: each passage's row in the previous
+index when it is unchanged, else ``None``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from ragline.engine.atomic import atomic_directory, check_replaceable, refuse_ov
 from ragline.engine.data.chunking import passages_of
 from ragline.engine.data.corpus import detect_format, read_corpus
 from ragline.engine.errors import InputError
-from ragline.engine.index.docstore import DocStore
+from ragline.engine.index.docstore import DocStore, content_hash
 from ragline.engine.index.layout import DOCSTORE, FORMAT_VERSION, META
 from ragline.engine.registry import INDEX_BUILDERS, lookup
 
@@ -47,13 +54,13 @@ def build_index(
     if not components:
         raise InputError("choose at least one index component (bm25, dense)")
     refuse_overlap(out, corpus)
-    check_replaceable(Path(out), "index", _is_index)
+    check_replaceable(Path(out), "index", is_index)
     if fmt == "auto" and corpus.exists():
         fmt = detect_format(corpus, encoding_errors)
     builders = [lookup(INDEX_BUILDERS, name)(**dict(params)) for name, params in components.items()]
     documents = read_corpus(corpus, fmt, encoding_errors)
 
-    with atomic_directory(out, "index", recognise=_is_index) as tmp:
+    with atomic_directory(out, "index", recognise=is_index) as tmp:
         store = DocStore(tmp / DOCSTORE, create=True)
         opened = []
         try:
@@ -85,7 +92,7 @@ def build_index(
     return meta
 
 
-def _is_index(path: Path) -> bool:
+def is_index(path: Path) -> bool:
     """A ragline index written before folders carried the output marker."""
     return (path / META).is_file()
 
@@ -96,12 +103,15 @@ def _feed(documents, store, builders, window, overlap, batch_size, progress) -> 
     n_docs = 0
     n_passages = 0
     last_doc = None
+    hashes: list[tuple[str, str, str]] = []  # documents read since the last batch
     columns = (SpinnerColumn(), TextColumn("indexing: {task.completed:,} passages"), TimeElapsedColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task("index", total=None)
-        for batch in _batched(passages_of(documents, window, overlap), batch_size):
+        for batch in _batched(passages_of(_hashed(documents, hashes), window, overlap), batch_size):
             passages = [p for p, _ in batch]
             store.add(passages, [origin for _, origin in batch])
+            store.add_documents(hashes)
+            hashes.clear()
             for builder in builders:
                 builder.add(passages)
             for p in passages:
@@ -110,6 +120,13 @@ def _feed(documents, store, builders, window, overlap, batch_size, progress) -> 
             n_passages += len(passages)
             bar.update(task, completed=n_passages)
     return n_docs, n_passages
+
+
+def _hashed(documents, hashes: list[tuple[str, str, str]]):
+    """``documents`` unchanged, noting each one's content hash as it passes."""
+    for doc in documents:
+        hashes.append((doc.id, content_hash(doc.id, doc.title, doc.text), doc.origin))
+        yield doc
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:

@@ -1,12 +1,19 @@
 """The document store: passage id → text, title and provenance, in SQLite.
 
 Rows are numbered in insertion order starting at 0 (``row``); the dense index
-stores vectors in that same order, so a FAISS result row is a store row.
+stores vectors in that same order, so a FAISS result row is a store row. A
+document's passages are consecutive rows.
+
+It also keeps a content hash per document (``documents`` table), so that an
+update can tell changed documents from unchanged ones without re-reading or
+re-encoding them. Indexes built before the table existed have none: every
+document they hold counts as changed on its first update.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import sqlite3
 import threading
@@ -31,6 +38,13 @@ CREATE TABLE IF NOT EXISTS passages (
 )
 """
 
+_DOCUMENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id  TEXT PRIMARY KEY,
+    hash    TEXT NOT NULL
+)
+"""
+
 # SQLite limits the number of host parameters in one statement.
 _LOOKUP_CHUNK = 900
 
@@ -49,6 +63,7 @@ class DocStore:
             self._conn.execute("PRAGMA journal_mode=OFF")
             self._conn.execute("PRAGMA synchronous=OFF")
             self._conn.execute(_SCHEMA)
+            self._conn.execute(_DOCUMENTS_SCHEMA)
         self._next_row = self.count()
 
     def add(self, passages: Sequence[Passage], origins: Sequence[str] | None = None) -> None:
@@ -81,6 +96,49 @@ class DocStore:
                 )
             seen.add(p.id)
         raise InputError("duplicate document id in a batch")
+
+    def add_documents(self, documents: Sequence[tuple[str, str, str]]) -> None:
+        """Record ``(doc_id, content hash, origin)`` for each document."""
+        with self._lock:
+            self._refuse_known_documents(documents)
+            self._conn.executemany("INSERT INTO documents VALUES (?,?)", [(d, h) for d, h, _ in documents])
+
+    def _refuse_known_documents(self, documents: Sequence[tuple[str, str, str]]) -> None:
+        # Checked before inserting: executemany would stop half-way through the batch.
+        ids = [doc_id for doc_id, _, _ in documents]
+        known: set[str] = set()
+        for i in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[i : i + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            known.update(r[0] for r in self._conn.execute(f"SELECT doc_id FROM documents WHERE doc_id IN ({marks})", chunk))
+        seen: set[str] = set()
+        for doc_id, _, origin in documents:
+            if doc_id in known or doc_id in seen:
+                path, _, line = origin.rpartition(":")
+                raise InputError(f"duplicate document id {doc_id!r}", path=path or None,
+                                 line=int(line) if line.isdigit() else None)
+            seen.add(doc_id)
+
+    def document_hashes(self) -> dict[str, str]:
+        """Document id → content hash; empty for an index built before hashes were kept."""
+        with self._lock:
+            try:
+                return dict(self._conn.execute("SELECT doc_id, hash FROM documents"))
+            except sqlite3.OperationalError:  # no such table
+                return {}
+
+    def document_spans(self) -> dict[str, tuple[int, int]]:
+        """Document id → (first row, number of passages), in row order."""
+        with self._lock:
+            return {doc_id: (first, count) for doc_id, first, count in self._conn.execute(
+                "SELECT doc_id, MIN(row), COUNT(*) FROM passages GROUP BY doc_id ORDER BY MIN(row)")}
+
+    def passages_in_rows(self, first: int, count: int) -> list[Passage]:
+        """The passages of rows ``first`` to ``first + count - 1``, in row order."""
+        with self._lock:
+            return [Passage(pid, doc_id, text, title, start, end) for pid, doc_id, title, text, start, end in
+                    self._conn.execute("SELECT id, doc_id, title, text, start, end FROM passages "
+                                       "WHERE row >= ? AND row < ? ORDER BY row", (first, first + count))]
 
     def commit(self) -> None:
         with self._lock:
@@ -121,6 +179,16 @@ class DocStore:
     def close(self) -> None:
         with self._lock:
             self._closer()
+
+
+def content_hash(doc_id: str, title: str, text: str) -> str:
+    """What decides a document's passages, hashed: with the index's chunking
+    settings fixed, equal hashes mean equal passages (and embeddings)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (doc_id, title, text):
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def fetch_passages(hits: Sequence[Hit]) -> list[Passage]:

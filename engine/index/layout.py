@@ -5,20 +5,29 @@
     <component>/       one folder per retriever component (bm25/, dense/)
 
 Folders are built beside their final place and renamed into it (see
-engine/index/build.py), so an index is either complete or absent.
+engine/index/build.py), so an index is either complete or absent. An update
+(engine/index/update.py) swaps a whole new folder in the same way; a reader
+that opens its files one by one uses ``read_consistently``, so that all of
+them come from one version.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ragline.engine.errors import IndexNotFound, RaglineError
 from ragline.engine.index.docstore import DocStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -35,6 +44,7 @@ _open_stores_lock = threading.Lock()
 class IndexDir:
     path: Path
     meta: dict[str, Any]
+    identity: tuple[int, int] | None = field(default=None, compare=False)  # the folder's (device, inode) when opened
 
     @classmethod
     def open(cls, path: str | Path) -> IndexDir:
@@ -42,13 +52,21 @@ class IndexDir:
         meta_path = path / META
         if not meta_path.is_file():
             raise IndexNotFound(f"no ragline index at {path} (missing {META}); build one with 'ragline index'")
+        identity = _identity(path)
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("format_version") != FORMAT_VERSION:
             raise RaglineError(
                 f"index {path} has format version {meta.get('format_version')}, this ragline reads "
                 f"{FORMAT_VERSION}; rebuild it"
             )
-        return cls(path, meta)
+        return cls(path, meta, identity)
+
+    def replaced(self) -> bool:
+        """Whether another folder (an update, a rebuild) has taken this one's place since it was opened."""
+        try:
+            return _identity(self.path) != self.identity
+        except FileNotFoundError:
+            return True
 
     @property
     def components(self) -> list[str]:
@@ -71,3 +89,27 @@ class IndexDir:
             if store is None:
                 store = _open_stores[key] = DocStore(self.path / DOCSTORE)
             return store
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def read_consistently(path: str | Path, read: Callable[[IndexDir], T], attempts: int = 5) -> T:
+    """``read(index)`` from one version of the index at ``path``: when an update
+    swapped the folder while ``read`` was opening its files (it failed, or it
+    may have mixed two versions), read again from the new one."""
+    for attempt in range(1, attempts + 1):
+        index = IndexDir.open(path)
+        try:
+            result = read(index)
+        except Exception:
+            if attempt < attempts and index.replaced():
+                log.info("index %s was replaced while being opened; opening the new one", path)
+                continue
+            raise
+        if not index.replaced():
+            return result
+        log.info("index %s was replaced while being opened; opening the new one", path)
+    raise RaglineError(f"index {path} kept being replaced while it was opened ({attempts} times); try again")
