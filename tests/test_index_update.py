@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -184,38 +185,17 @@ def test_cli_update_with_a_file_of_ids_to_delete(tmp_path):
 
 # An update whose process kills itself (SIGKILL: no clean-up at all) at one step.
 KILL_AT_STEP = textwrap.dedent("""
-    import os, signal, sys
-    from ragline.engine import atomic
+    import sys
+    sys.path.insert(0, {tests!r})
+    from swap_kill_points import die, install
     from ragline.engine.index import update
-    from ragline.engine.index.update import update_index
 
     step = sys.argv[1]
-    real = {{"replace": os.replace, "rmtree": atomic.shutil.rmtree, "swap": atomic._swap_into_place,
-             "batches": update._batches}}
-    calls = {{}}
-
-    def die():
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def replace(a, b):  # os.replace itself is patched: watch only the renames of the index folder
-        if step == "between_renames" and str(b) == {out!r} and calls.get("moved_the_old_away"):
-            die()
-        calls["moved_the_old_away"] = calls.get("moved_the_old_away") or str(a) == {out!r}
-        return real["replace"](a, b)
-
-    def rmtree(p, **kw):
-        if step == "before_removing_the_old" and calls.get("swapping"):
-            die()
-        return real["rmtree"](p, **kw)
-
-    def swap(tmp, path):
-        if step == "before_swap":
-            die()
-        calls["swapping"] = True
-        return real["swap"](tmp, path)
+    install(step, {out!r}, exchange=step != "between_renames")
+    real_batches = update._batches
 
     def batches(*args):
-        for batch in real["batches"](*args):
+        for batch in real_batches(*args):
             yield batch
             if step == "while_writing":
                 die()
@@ -223,16 +203,12 @@ KILL_AT_STEP = textwrap.dedent("""
     def reading(self, documents):
         die()
 
-    atomic.os.replace = replace
-    atomic.shutil.rmtree = rmtree
-    atomic._swap_into_place = swap
     update._batches = batches
-    if step == "between_renames":
-        atomic._exchange = lambda a, b: False
     if step == "while_reading":
         update._Incoming.read = reading
-    update_index({corpus!r}, {out!r}, delete_missing=True, batch_size=50)
+    update.update_index({corpus!r}, {out!r}, delete_missing=True, batch_size=50)
 """)
+
 
 STEPS = ["while_reading", "while_writing", "before_swap", "between_renames", "before_removing_the_old"]
 
@@ -247,7 +223,7 @@ def test_sigkill_at_each_step_of_an_update_leaves_the_old_or_the_new_index(vaswa
     new_rankings = BM25(str(rebuilt), k=10).search(queries)
     assert old_rankings != new_rankings
     for step in STEPS:
-        script = KILL_AT_STEP.format(corpus=str(v["B"]), out=str(out))
+        script = KILL_AT_STEP.format(tests=str(Path(__file__).parent), corpus=str(v["B"]), out=str(out))
         killed = subprocess.run([sys.executable, "-c", script, step], capture_output=True, text=True, timeout=300)
         assert killed.returncode == -signal.SIGKILL, (step, killed.stderr)
         if step == "between_renames":

@@ -100,9 +100,10 @@ def test_interrupted_build_says_so_exits_130_and_leaves_nothing(tmp_path, vaswan
 # A build whose process kills itself (SIGKILL: no clean-up at all) at one
 # chosen step of the write; ``step`` names the function it dies in.
 KILL_AT_STEP = textwrap.dedent("""
-    import os, signal, sys
-    from ragline.engine import atomic
-    from ragline.engine.index.build import build_index
+    import sys
+    sys.path.insert(0, {tests!r})
+    from swap_kill_points import die, install
+    from ragline.engine.index import build
     from ragline.engine.registry import INDEX_BUILDERS, register
 
     class Null:  # an index component that costs nothing: the test is about the folder
@@ -114,40 +115,12 @@ KILL_AT_STEP = textwrap.dedent("""
 
     register(INDEX_BUILDERS, "null", Null)
     step, exchange = sys.argv[1], sys.argv[2] == "exchange"
-    real = {{"replace": os.replace, "rmtree": atomic.shutil.rmtree, "swap": atomic._swap_into_place}}
-    calls = {{"replace": 0}}
-
-    def die():
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def replace(a, b):
-        if calls.get("swapping"):  # naming the old folder, moving the old index, moving the new one
-            calls["replace"] += 1
-            if step == "between_renames" and calls["replace"] == 3:
-                die()
-        return real["replace"](a, b)
-
-    def rmtree(p, **kw):
-        if step == "before_removing_the_old" and calls.get("swapping"):
-            die()
-        return real["rmtree"](p, **kw)
-
-    def swap(tmp, path):
-        if step == "before_swap":
-            die()
-        calls["swapping"] = True
-        return real["swap"](tmp, path)
-
-    atomic.os.replace = replace
-    atomic.shutil.rmtree = rmtree
-    atomic._swap_into_place = swap
-    if not exchange:
-        atomic._exchange = lambda a, b: False
+    install(step, {out!r}, exchange)
     if step == "while_feeding":
-        import ragline.engine.index.build as build
         build._feed = lambda *a, **k: die()
-    build_index({corpus!r}, {out!r}, {{"null": {{}}}})
+    build.build_index({corpus!r}, {out!r}, {{"null": {{}}}})
 """)
+
 
 STEPS = ["while_feeding", "before_swap", "between_renames", "before_removing_the_old"]
 
@@ -162,7 +135,7 @@ def test_sigkill_at_any_step_keeps_the_previous_index_and_the_next_build_cleans_
         if exchange == "exchange" and step == "between_renames":
             continue  # one exchange, no second rename to die before
         before = tree_digest(out)
-        script = KILL_AT_STEP.format(corpus=str(user_folder / "docs"), out=str(out))
+        script = KILL_AT_STEP.format(tests=str(Path(__file__).parent), corpus=str(user_folder / "docs"), out=str(out))
         killed = subprocess.run([sys.executable, "-c", script, step, exchange], capture_output=True, text=True,
                                 timeout=300)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
