@@ -19,6 +19,7 @@ index when it is unchanged, else ``None``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -62,20 +63,13 @@ def build_index(
 
     with atomic_directory(out, "index", recognise=is_index) as tmp:
         store = DocStore(tmp / DOCSTORE, create=True)
-        opened = []
         try:
-            for builder in builders:
-                builder.open(tmp / builder.name)
-                opened.append(builder)
-            n_docs, n_passages = _feed(documents, store, opened, window, overlap, batch_size, progress)
-            if n_passages == 0:
-                raise InputError("the corpus has no documents", path=corpus)
-            store.commit()
-            built = {builder.name: builder.close() for builder in opened}
-        except BaseException:
-            for builder in opened:
-                builder.abort()
-            raise
+            with opened_components(builders, tmp) as opened:
+                n_docs, n_passages = _feed(documents, store, opened, window, overlap, batch_size, progress)
+                if n_passages == 0:
+                    raise InputError("the corpus has no documents", path=corpus)
+                store.commit()
+                built = {builder.name: builder.close() for builder in opened}
         finally:
             store.close()
         meta = {
@@ -90,6 +84,25 @@ def build_index(
         }
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
+
+
+@contextlib.contextmanager
+def opened_components(builders: list, folder: Path, previous: Path | None = None) -> Iterator[list]:
+    """Every builder opened in its subfolder of ``folder`` (and, for an update,
+    given its folder of the ``previous`` index where it can reuse it); if
+    anything in the block fails, every builder opened so far is aborted."""
+    opened = []
+    try:
+        for builder in builders:
+            builder.open(folder / builder.name)
+            opened.append(builder)
+            if previous is not None and hasattr(builder, "reuse"):
+                builder.reuse(previous / builder.name)
+        yield opened
+    except BaseException:
+        for builder in opened:
+            builder.abort()
+        raise
 
 
 def is_index(path: Path) -> bool:

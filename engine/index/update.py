@@ -42,7 +42,7 @@ from ragline.engine.data.chunking import chunk_document
 from ragline.engine.data.corpus import detect_format, read_corpus
 from ragline.engine.data.text import read_lines
 from ragline.engine.errors import InputError, RaglineError
-from ragline.engine.index.build import is_index
+from ragline.engine.index.build import is_index, opened_components
 from ragline.engine.index.docstore import DocStore, content_hash
 from ragline.engine.index.layout import DOCSTORE, META, IndexDir
 from ragline.engine.registry import INDEX_BUILDERS, lookup
@@ -264,13 +264,7 @@ def _write(plan: _Plan, previous: DocStore, incoming: _Incoming, store: DocStore
     were reused."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    opened = []
-    try:
-        for builder in builders:
-            builder.open(store.path.parent / builder.name)
-            opened.append(builder)
-            if hasattr(builder, "reuse"):
-                builder.reuse(previous_index / builder.name)
+    with opened_components(builders, store.path.parent, previous_index) as opened:
         n_passages = reused = 0
         columns = (TextColumn("updating: {task.completed:,}/{task.total:,} documents"), BarColumn(),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
@@ -290,10 +284,6 @@ def _write(plan: _Plan, previous: DocStore, incoming: _Incoming, store: DocStore
                 bar.update(task, advance=len(documents))
         store.commit()
         return {builder.name: builder.close() for builder in opened}, n_passages, reused
-    except BaseException:
-        for builder in opened:
-            builder.abort()
-        raise
 
 
 def _batches(plan: _Plan, previous: DocStore, incoming: _Incoming, window: int | None, overlap: int, batch_size: int):
