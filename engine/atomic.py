@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -182,15 +183,20 @@ _AT_FDCWD = -100
 
 
 def _exchange(a: Path, b: Path) -> bool:
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
+    renameat2 = _renameat2()
     if renameat2 is None:
         return False
     result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     return result == 0
+
+
+@functools.cache
+def _renameat2():
+    """libc's renameat2, looked up once (find_library runs ldconfig), or None."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return None
+    return getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None)
 
 
 def _umask() -> int:
