@@ -37,10 +37,12 @@ def ask_pipeline(index: str, config: str | Path | None = None, *, retriever: str
     return Pipeline(stages, top_k=passages)
 
 
-def answer_question(pipeline: Pipeline, question: str, on_text: Callable[[str], None] | None = None) -> Query:
-    """Run ``question`` through ``pipeline``; with ``on_text``, the final
-    ``generate`` stage streams its answer through it piece by piece."""
-    query = Query("q0", question)
+def answer_question(pipeline: Pipeline, question: str, on_text: Callable[[str], None] | None = None,
+                    query_filter: str | None = None) -> Query:
+    """Run ``question`` (with a metadata filter for its retrieval, if any)
+    through ``pipeline``; with ``on_text``, the final ``generate`` stage
+    streams its answer through it piece by piece."""
+    query = Query("q0", question, filter=query_filter)
     generate = pipeline.stages[-1]
     if on_text is None or not isinstance(generate, Generate):
         return pipeline.run([query])[0]

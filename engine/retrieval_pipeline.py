@@ -19,9 +19,10 @@ RETRIEVERS = ("auto", "bm25", "dense", "hybrid")
 
 
 def retrieval_pipeline(index_path: str, retriever: str = "auto", k: int = 10, top_k: int | None = None,
-                       depth: int | None = None) -> Pipeline:
+                       depth: int | None = None, filter: str | list[str] | None = None) -> Pipeline:
     """``k`` results per query; ``depth`` is how many each retriever fetches
-    before fusion (default: max(k, 100))."""
+    before fusion (default: max(k, 100)); ``filter``: a metadata filter every
+    retriever applies (engine/index/filters.py)."""
     if retriever not in RETRIEVERS:
         raise InputError(f"unknown retriever {retriever!r}; use one of {', '.join(RETRIEVERS)}")
     index = IndexDir.open(index_path)
@@ -29,14 +30,14 @@ def retrieval_pipeline(index_path: str, retriever: str = "auto", k: int = 10, to
         retriever = "hybrid" if {"bm25", "dense"} <= set(index.components) else _only_component(index)
     if retriever != "hybrid":
         index.component(retriever)  # a clear error if it was not built
-        stages = [lookup(STAGES, retriever)(index=index_path, k=k)]
+        stages = [lookup(STAGES, retriever)(index=index_path, k=k, filter=filter)]
     else:
         for name in ("bm25", "dense"):
             index.component(name)
         depth = depth or max(k, 100)
         stages = [
-            lookup(STAGES, "bm25")(index=index_path, k=depth),
-            lookup(STAGES, "dense")(index=index_path, k=depth),
+            lookup(STAGES, "bm25")(index=index_path, k=depth, filter=filter),
+            lookup(STAGES, "dense")(index=index_path, k=depth, filter=filter),
             lookup(STAGES, "fuse")(method="rrf", top_k=k),
         ]
     return Pipeline(stages, top_k=k if top_k is None else top_k)

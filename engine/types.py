@@ -19,6 +19,8 @@ class Document:
     text: str
     title: str = ""
     origin: str = ""  # "file:line" of the record, for error messages
+    # Fields to filter on (year, language, source, ...): a JSON object's values.
+    metadata: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Passage:
     title: str = ""
     start: int = 0
     end: int = 0
+    # The document's metadata (every chunk of a document carries it whole).
+    metadata: dict[str, Any] | None = field(default=None, compare=False)
 
     def indexed_text(self) -> str:
         """What the retrievers see: the title, when there is one, then the text."""
@@ -86,6 +90,9 @@ class Query:
     kept: dict[str, list[tuple[int, int]]] | None = None
     answer: Answer | None = None
     trace: list[StageTrace] = field(default_factory=list)
+    # A metadata filter for this query alone (``lang=en``); the retrievers'
+    # own filters hold as well.
+    filter: str | None = None
     # What the running stage reports about this query (TTFT, tokens, cache
     # hits); the pipeline moves it into that stage's trace entry.
     _notes: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -107,7 +114,8 @@ class Query:
                 for h in self.ranking
             ],
             "passages": [
-                {"id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text}
+                {"id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text,
+                 **({"metadata": p.metadata} if p.metadata else {})}
                 for p in self.passages
             ],
             "context": self.context,

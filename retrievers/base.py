@@ -1,21 +1,38 @@
 """The shared shape of first-stage retrievers: ``search`` turns query texts
-into ``(passage id, score)`` lists, and ``run`` turns those into hits."""
+into ``(passage id, score)`` lists, and ``run`` turns those into hits.
+
+Metadata filters (engine/index/filters.py) come from the stage (``filter:``,
+every query) and from the query itself (``Query.filter``); both must hold.
+The document store resolves a filter to the passages that pass, once per
+distinct filter, and ``search`` is handed that ``Selection`` to search within.
+"""
 
 from __future__ import annotations
 
 import abc
 import contextlib
 import gc
+from collections.abc import Iterator
 
 from ragline.engine.errors import ConfigError
+from ragline.engine.index.docstore import Selection
+from ragline.engine.index.filters import Both, Node, compile_filter, parse_filters
 from ragline.engine.stage import Stage
 from ragline.engine.types import Hit, Query
+
+# Distinct filters whose selections a retriever keeps (a service's requests repeat a few).
+_SELECTIONS_KEPT = 64
 
 
 class Retriever(Stage):
     is_retriever = True
     #: The document store of the index searched; set by ``warm_up``.
     _store = None
+    #: The stage's own filter, parsed (``None``: none); set by ``set_filter``.
+    _filter_tree: Node | None = None
+    # Selections by query filter, for the store they were computed on.
+    _selections: dict[str | None, Selection] | None = None
+    _selections_of = None
 
     @staticmethod
     def check_k(k: int) -> int:
@@ -23,9 +40,15 @@ class Retriever(Stage):
             raise ConfigError("k must be >= 1")
         return k
 
+    def set_filter(self, filter: str | list[str] | None) -> None:
+        """Parse the stage's filter now, so a malformed one fails at construction."""
+        self._filter_tree = parse_filters(filter)
+
     @abc.abstractmethod
-    def search(self, texts: list[str], k: int | None = None) -> list[list[tuple[str, float]]]:
-        """One ``(passage id, score)`` list per text, best first."""
+    def search(self, texts: list[str], k: int | None = None,
+               allowed: Selection | None = None) -> list[list[tuple[str, float]]]:
+        """One ``(passage id, score)`` list per text, best first; only passages
+        in ``allowed`` when it is given."""
 
     def run(self, batch: list[Query]) -> list[Query]:
         # A batch of 1000-deep result lists is ~10^5 new objects (the search
@@ -34,12 +57,55 @@ class Retriever(Stage):
         # measured at ~10% of a BM25 batch. Nothing here forms reference
         # cycles, so the collector can wait until the batch is done.
         with _cyclic_gc_paused():
-            results = self.search([q.text for q in batch])
-            for query, found in zip(batch, results):
-                hits = [Hit(pid, score, rank, self.name, self._store) for rank, (pid, score) in enumerate(found, 1)]
-                query.hits[self.name] = hits
-                query.ranking = hits
+            for queries, allowed in self._by_filter(batch):
+                results = self.search([q.text for q in queries], allowed=allowed)
+                for query, found in zip(queries, results):
+                    hits = [Hit(pid, score, rank, self.name, self._store) for rank, (pid, score) in enumerate(found, 1)]
+                    query.hits[self.name] = hits
+                    query.ranking = hits
         return batch
+
+    def _by_filter(self, batch: list[Query]) -> Iterator[tuple[list[Query], Selection | None]]:
+        """The batch in groups of queries with the same filter, each with the
+        passages that filter lets through (``None``: no filter)."""
+        groups: dict[str | None, list[Query]] = {}
+        for query in batch:
+            groups.setdefault(query.filter, []).append(query)
+        for query_filter, queries in groups.items():
+            yield queries, self.selection(query_filter)
+
+    def selection(self, query_filter: str | None = None) -> Selection | None:
+        """The passages that the stage's filter and ``query_filter`` both let through."""
+        tree = self._combined_filter(query_filter)
+        if tree is None:
+            return None
+        self.warm_up()
+        if self._selections_of is not self._store:  # an updated index: selections start again
+            self._selections, self._selections_of = {}, self._store
+        if query_filter not in self._selections:
+            if len(self._selections) >= _SELECTIONS_KEPT:
+                self._selections.pop(next(iter(self._selections)))
+            self._selections[query_filter] = self._store.select(tree)
+        return self._selections[query_filter]
+
+    def check_filter(self, query_filter: str | None) -> None:
+        """Raise ``FilterError`` if ``query_filter`` is malformed or does not fit
+        the index's metadata (before a query carrying it joins a batch)."""
+        tree = self._combined_filter(query_filter)
+        if tree is not None:
+            compile_filter(tree, self.metadata_fields())
+
+    def metadata_fields(self) -> dict[str, set[str]]:
+        """The metadata fields of the index searched, with the kinds of value each holds."""
+        self.warm_up()
+        return self._store.metadata_fields
+
+    def _combined_filter(self, query_filter: str | None) -> Node | None:
+        tree = self._filter_tree
+        if query_filter is not None:
+            query_tree = parse_filters(query_filter)
+            tree = query_tree if tree is None else Both(tree, query_tree)
+        return tree
 
 
 @contextlib.contextmanager

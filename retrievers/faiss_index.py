@@ -94,3 +94,28 @@ def maybe_to_gpu(index, want: str = "auto"):
         log.info("FAISS searches on the CPU (%s)", "HNSW has no GPU version" if gpus else "no GPU visible to FAISS")
         return index
     return faiss.index_cpu_to_all_gpus(index)
+
+
+def search_within(index, vectors: np.ndarray, k: int, rows, nprobe: int, ef_search: int):
+    """``index.search`` restricted to the vectors numbered ``rows``: FAISS
+    skips every other vector while it searches (an id selector), so the
+    result is the unfiltered ranking restricted to ``rows``, not a deep
+    search filtered afterwards. HNSW's graph walk is approximate with a
+    selector as without one."""
+    faiss = import_faiss()
+    ntotal = index.ntotal
+    bitmap = np.zeros((ntotal + 7) // 8, dtype=np.uint8)  # bit i of byte i//8 (little-endian), as FAISS reads it
+    chosen = np.asarray(rows, dtype=np.int64)
+    np.bitwise_or.at(bitmap, chosen >> 3, (1 << (chosen & 7)).astype(np.uint8))
+    selector = faiss.IDSelectorBitmap(ntotal, faiss.swig_ptr(bitmap))
+    try:
+        faiss.extract_index_ivf(index)
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+    except RuntimeError:  # not an IVF index
+        if getattr(faiss.downcast_index(index), "hnsw", None) is not None:
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef_search)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+    scores, found = index.search(vectors, k, params=params)
+    del bitmap  # (the selector points into it until the search returns)
+    return scores, found

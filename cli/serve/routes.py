@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from ragline.cli.serve.access import require_ready, require_token, server_state
-from ragline.cli.serve.errors import pipeline_errors, request_id
+from ragline.cli.serve.errors import ApiError, pipeline_errors, request_id
 from ragline.cli.serve.metrics import CONTENT_TYPE
 from ragline.cli.serve.schemas import AskRequest, SearchRequest, read_request
 from ragline.cli.serve.sse import answer_events, event_stream
 from ragline.cli.serve.views import answer_view, finish_reason, search_view
+from ragline.engine.index.filters import FilterError
 
 router = APIRouter()
 api = APIRouter(dependencies=[Depends(require_token), Depends(require_ready)])
@@ -41,8 +42,9 @@ async def search(request: Request) -> JSONResponse:
     body = await read_request(request, SearchRequest, state.settings)
     texts = body.texts()
     served = state.pipeline(body.pipeline, "pipeline")
+    checked_filter(served, body.filter)
     with pipeline_errors(request, "search"):
-        queries = await served.search(texts, body.k, state.settings.request_timeout_s)
+        queries = await served.search(texts, body.k, state.settings.request_timeout_s, body.filter)
     return JSONResponse({"pipeline": served.name, "results": [search_view(q) for q in queries]})
 
 
@@ -56,13 +58,14 @@ async def ask(request: Request) -> Response:
     served = state.pipeline(body.pipeline, "pipeline", generating=True)
     sampling = served.sampling(**body.overrides())
     timeout = state.settings.request_timeout_s
+    checked_filter(served, body.filter)
     if not body.stream:
         with pipeline_errors(request, "answering"):
-            query = await served.answer(body.question, sampling, timeout)
+            query = await served.answer(body.question, sampling, timeout, body.filter)
         return JSONResponse({"pipeline": served.name, **answer_view(query),
                              "finish_reason": finish_reason(query, sampling)})
     with pipeline_errors(request, "answering"):  # a full queue is a 429 before the stream starts
-        stream = served.stream(body.question, sampling, timeout)
+        stream = served.stream(body.question, sampling, timeout, body.filter)
 
     async def events():
         async for kind, value in answer_events(stream, request_id(request), "answering"):
@@ -75,3 +78,14 @@ async def ask(request: Request) -> Response:
                 yield {"event": "error", "data": json.dumps(value, ensure_ascii=False)}
 
     return event_stream(events(), state.settings)
+
+
+def checked_filter(served, query_filter: str | None) -> None:
+    """A 422 naming ``filter`` when a retriever of the pipeline cannot apply it
+    (an unknown field, a value of the wrong kind)."""
+    if query_filter is None:
+        return
+    try:
+        served.check_filter(query_filter)
+    except FilterError as error:
+        raise ApiError(422, f"filter: {error}", param="filter") from None

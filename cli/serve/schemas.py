@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from ragline.cli.serve.errors import ApiError
 from ragline.cli.serve.settings import ServeSettings
+from ragline.engine.index.filters import FilterError, parse_filters
 
 MAX_STOPS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 100
@@ -55,12 +56,26 @@ def _listed(value):
     return [value] if isinstance(value, str) else value
 
 
+def _filter(value: str | list[str]) -> str:
+    """A metadata filter, checked for syntax (fields are checked against the
+    index before the request is queued); a list must all hold."""
+    texts = [value] if isinstance(value, str) else value
+    if not texts:
+        raise ValueError("must not be an empty list")
+    try:
+        parse_filters(texts)
+    except FilterError as error:
+        raise ValueError(str(error)) from None
+    return texts[0] if len(texts) == 1 else " and ".join(f"({text})" for text in texts)
+
+
 def _text_parts(value):
     """Message content: a string, or a list of text parts."""
     return [{"type": "text", "text": value}] if isinstance(value, str) else value
 
 
 Question = Annotated[str, AfterValidator(_question)]
+Filter = Annotated[str | list[str], AfterValidator(_filter)]
 K = Annotated[int, Field(ge=1), AfterValidator(_at_most("max_k"))]
 MaxTokens = Annotated[int, Field(ge=1), AfterValidator(_at_most("max_tokens"))]
 Stops = Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]],
@@ -90,6 +105,7 @@ class SearchRequest(_Strict):
     queries: Annotated[list[Question], Field(min_length=1), AfterValidator(_at_most("max_queries"))] | None = None
     k: K = 10
     pipeline: str | None = None
+    filter: Filter | None = None
 
     def texts(self) -> list[str]:
         if (self.query is None) == (self.queries is None):
@@ -101,6 +117,7 @@ class SearchRequest(_Strict):
 class AskRequest(_Sampling):
     question: Question
     pipeline: str | None = None
+    filter: Filter | None = None
     stream: bool = False
 
 

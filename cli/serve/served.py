@@ -43,12 +43,14 @@ WARM_UP_QUERY = "ragline warm-up query"
 class SearchJob:
     text: str
     k: int
+    filter: str | None = None
 
 
 @dataclass(frozen=True)
 class AnswerJob:
     question: str
     sampling: Sampling
+    filter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class StreamJob:
     question: str
     sampling: Sampling
     channel: TextChannel
+    filter: str | None = None
 
 
 class ServedPipeline:
@@ -103,18 +106,26 @@ class ServedPipeline:
         await self.batcher.stop()
 
     # -- requests (the event loop's side) -----------------------------------------------------
-    async def search(self, texts: list[str], k: int, timeout: float) -> list[Query]:
-        futures = self.batcher.enqueue("search", [SearchJob(text, k) for text in texts])
+    def check_filter(self, query_filter: str | None) -> None:
+        """``FilterError`` if a retriever of this pipeline cannot apply ``query_filter``:
+        checked before queueing, so one bad filter never fails a whole batch."""
+        for stage in self.retrieval.stages if self.retrieval else []:
+            if getattr(stage, "is_retriever", False):
+                stage.check_filter(query_filter)
+
+    async def search(self, texts: list[str], k: int, timeout: float, query_filter: str | None = None) -> list[Query]:
+        futures = self.batcher.enqueue("search", [SearchJob(text, k, query_filter) for text in texts])
         return await _within(timeout, asyncio.gather(*futures))
 
-    async def answer(self, question: str, sampling: Sampling, timeout: float) -> Query:
-        (future,) = self.batcher.enqueue("answer", [AnswerJob(question, sampling)], key=sampling)
+    async def answer(self, question: str, sampling: Sampling, timeout: float, query_filter: str | None = None) -> Query:
+        (future,) = self.batcher.enqueue("answer", [AnswerJob(question, sampling, query_filter)], key=sampling)
         return await _within(timeout, future)
 
-    def stream(self, question: str, sampling: Sampling, timeout: float) -> AnswerStream:
+    def stream(self, question: str, sampling: Sampling, timeout: float, query_filter: str | None = None) -> AnswerStream:
         """Admit a streamed answer now (``QueueFull`` before any byte is sent); read it from the result."""
         channel = TextChannel(asyncio.get_running_loop())
-        (future,) = self.batcher.enqueue("stream", [StreamJob(question, sampling, channel)], batchable=False)
+        (future,) = self.batcher.enqueue("stream", [StreamJob(question, sampling, channel, query_filter)],
+                                         batchable=False)
         future.add_done_callback(lambda _: channel.close())
         return AnswerStream(future, channel, StopFilter(sampling.stop), time.monotonic() + timeout)
 
@@ -127,20 +138,20 @@ class ServedPipeline:
         return [self._stream(job) for job in jobs]
 
     def _search(self, jobs: list[SearchJob]) -> list[Query]:
-        queries = self.retrieval.run([Query(id=str(i), text=job.text) for i, job in enumerate(jobs)])
+        queries = self.retrieval.run([Query(id=str(i), text=job.text, filter=job.filter) for i, job in enumerate(jobs)])
         for query, job in zip(queries, jobs):
             query.passages = fetch_passages(query.ranking[: job.k])
         return queries
 
     def _answer(self, jobs: list[AnswerJob]) -> list[Query]:
         pipeline = self._pipeline_with(jobs[0].sampling)  # the batcher groups answers by sampling
-        return pipeline.run([Query(id=str(i), text=job.question) for i, job in enumerate(jobs)])
+        return pipeline.run([Query(id=str(i), text=job.question, filter=job.filter) for i, job in enumerate(jobs)])
 
     def _stream(self, job: StreamJob) -> Query:
         if job.channel.cancelled:  # abandoned before it started
             raise GenerationCancelled()
         try:
-            return answer_question(self._pipeline_with(job.sampling), job.question, job.channel.send)
+            return answer_question(self._pipeline_with(job.sampling), job.question, job.channel.send, job.filter)
         except GenerationCancelled:
             log.debug("pipeline %s: generation stopped after %d pieces: the client went away",
                       self.name, job.channel.pieces_sent)
@@ -158,6 +169,7 @@ class ServedPipeline:
         self.pipeline.warm_up()
         if self.retrieval is not None:  # first calls compile, open and page in what warm_up only loads
             self.retrieval.run([WARM_UP_QUERY])
+            self.check_filter(None)  # reads each index's metadata fields, for checking requests' filters
 
 
 class AnswerStream:

@@ -24,7 +24,8 @@ def search_view(query: Query) -> dict[str, Any]:
         passage = by_id.get(hit.id)
         hits.append({"rank": hit.rank, "id": hit.id, "score": float(hit.score), "source": hit.source,
                      "doc_id": passage.doc_id if passage else None, "title": passage.title if passage else None,
-                     "text": passage.text if passage else None})
+                     "text": passage.text if passage else None,
+                     "metadata": passage.metadata if passage else None})
     return {"query": query.text, "hits": hits, "timings": timings(query)}
 
 
@@ -33,8 +34,8 @@ def answer_view(query: Query) -> dict[str, Any]:
     prompt, ``cited`` where the answer cites them), the citations alone,
     token usage and timings."""
     cited = query.answer.cited if query.answer else []
-    passages = [{"number": n, "id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text, "cited": p.id in cited}
-                for n, p in enumerate(query.passages, 1)]
+    passages = [{"number": n, "id": p.id, "doc_id": p.doc_id, "title": p.title, "text": p.text, "cited": p.id in cited,
+                 "metadata": p.metadata} for n, p in enumerate(query.passages, 1)]
     number = {p["id"]: p["number"] for p in passages}
     citations = [{"number": number[pid], "id": pid, "title": passages[number[pid] - 1]["title"]}
                  for pid in cited if pid in number]

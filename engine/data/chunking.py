@@ -29,16 +29,16 @@ def passages_of(documents: Iterable[Document], window: int | None = None, overla
 
 def chunk_document(doc: Document, window: int | None, overlap: int = 0) -> list[Passage]:
     if window is None:
-        return [Passage(doc.id, doc.id, doc.text, doc.title, 0, len(doc.text))]
+        return [Passage(doc.id, doc.id, doc.text, doc.title, 0, len(doc.text), doc.metadata)]
     words = [(m.start(), m.end()) for m in _WORD.finditer(doc.text)]
     if len(words) <= window:
-        return [Passage(doc.id, doc.id, doc.text, doc.title, 0, len(doc.text))]
+        return [Passage(doc.id, doc.id, doc.text, doc.title, 0, len(doc.text), doc.metadata)]
     step = window - overlap
     passages = []
     for n, first in enumerate(range(0, len(words) - overlap, step)):
         span = words[first : first + window]
         start, end = span[0][0], span[-1][1]
-        passages.append(Passage(f"{doc.id}#{n}", doc.id, doc.text[start:end], doc.title, start, end))
+        passages.append(Passage(f"{doc.id}#{n}", doc.id, doc.text[start:end], doc.title, start, end, doc.metadata))
         if first + window >= len(words):
             break
     return passages

@@ -2,12 +2,16 @@
 has to fit in memory, and reports malformed records with file and line.
 
 Formats:
-- ``beir``: a folder with ``corpus.jsonl`` (``_id``, ``title``, ``text``).
-- ``jsonl``: one JSON object a line with ``id`` or ``_id``, ``text`` and an
-  optional ``title``; a BEIR ``corpus.jsonl`` given on its own reads the same.
+- ``beir``: a folder with ``corpus.jsonl`` (``_id``, ``title``, ``text``,
+  optional ``metadata``).
+- ``jsonl``: one JSON object a line with ``id`` or ``_id``, ``text``, an
+  optional ``title`` and an optional ``metadata`` object (the fields filters
+  test); a BEIR ``corpus.jsonl`` given on its own reads the same.
 - ``trec``: ``<DOC><DOCNO>id</DOCNO> text </DOC>`` files (a file or a folder of
   them); a record may span lines or share one with others.
 - ``dir``: a folder of ``.txt`` / ``.md`` files; the id is the relative path.
+  A file may open with YAML front matter (between two ``---`` lines): its
+  ``title`` is the title, every other key is metadata.
 Files ending in ``.gz`` are read decompressed. Text must be UTF-8: an invalid
 byte is an error naming file, line and column, unless ``encoding_errors="replace"``.
 """
@@ -148,7 +152,10 @@ def read_jsonl(path: Path, encoding_errors: str = "strict") -> Iterator[Document
             raise InputError("record has no string 'text'", path, lineno)
         if not isinstance(title, str):
             raise InputError("'title' must be a string", path, lineno)
-        yield Document(doc_id, text, title, origin=f"{path}:{lineno}")
+        metadata = record.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InputError(f"'metadata' must be a JSON object, not {json.dumps(metadata)[:40]}", path, lineno)
+        yield Document(doc_id, text, title, origin=f"{path}:{lineno}", metadata=metadata or None)
 
 
 def read_trec(path: Path, encoding_errors: str = "strict") -> Iterator[Document]:
@@ -197,8 +204,52 @@ def read_text_dir(path: Path, encoding_errors: str = "strict") -> Iterator[Docum
         raise InputError("the 'dir' format needs a folder", path=path)
     for file in sorted(path.rglob("*")):
         if file.is_file() and file.suffix.lower() in TEXT_SUFFIXES and not file.name.startswith("."):
-            title, body = _split_heading(read_text(file, encoding_errors))
-            yield Document(file.relative_to(path).as_posix(), body, title or file.stem, origin=f"{file}:1")
+            metadata, body = _split_front_matter(read_text(file, encoding_errors), file)
+            title = metadata.pop("title", "")
+            if not isinstance(title, str):
+                raise InputError("the front matter's 'title' must be a string", file, 2)
+            if not title:
+                title, body = _split_heading(body)
+            yield Document(file.relative_to(path).as_posix(), body, title or file.stem, origin=f"{file}:1",
+                           metadata=metadata or None)
+
+
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*(\r?\n|\Z)", re.DOTALL | re.MULTILINE)
+
+
+def _split_front_matter(text: str, file: Path) -> tuple[dict, str]:
+    """``(metadata, the rest)`` of a file that opens with YAML front matter."""
+    import yaml
+
+    match = _FRONT_MATTER.match(text)
+    if match is None:
+        return {}, text
+    try:
+        # BaseLoader: every value a string, as written, except lists and maps;
+        # then numbers and booleans are read as JSON reads them, no YAML surprises (no: false).
+        metadata = yaml.load(match.group(1), Loader=yaml.BaseLoader)  # noqa: S506 (BaseLoader builds no objects)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = 2 + mark.line if mark is not None else 1
+        raise InputError(f"malformed front matter: {getattr(err, 'problem', None) or err}", file, line) from None
+    if metadata is None:
+        return {}, text[match.end():]
+    if not isinstance(metadata, dict):
+        raise InputError("front matter must be 'key: value' lines", file, 2)
+    return {key: _scalar(value) for key, value in metadata.items()}, text[match.end():]
+
+
+def _scalar(value):
+    """A front matter value: numbers and true/false as JSON would read them, text as text."""
+    if isinstance(value, list):
+        return [_scalar(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _scalar(v) for k, v in value.items()}
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if isinstance(parsed, (int, float, bool)) else value
 
 
 def _split_heading(text: str) -> tuple[str, str]:

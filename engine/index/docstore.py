@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import sqlite3
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ragline.engine.errors import InputError
+from ragline.engine.index.filters import BOOL, LIST, NUMBER, OTHER, STRING, Node, compile_filter
 from ragline.engine.types import Hit, Passage, Query
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,8 @@ CREATE TABLE IF NOT EXISTS passages (
     title   TEXT NOT NULL,
     text    TEXT NOT NULL,
     start   INTEGER NOT NULL,
-    end     INTEGER NOT NULL
+    end     INTEGER NOT NULL,
+    metadata TEXT  -- the document's metadata as a JSON object, or NULL
 )
 """
 
@@ -68,12 +73,13 @@ class DocStore:
 
     def add(self, passages: Sequence[Passage], origins: Sequence[str] | None = None) -> None:
         rows = [
-            (self._next_row + i, p.id, p.doc_id, p.title, p.text, p.start, p.end)
+            (self._next_row + i, p.id, p.doc_id, p.title, p.text, p.start, p.end, _metadata_json(p.metadata))
             for i, p in enumerate(passages)
         ]
         with self._lock:
             try:
-                self._conn.executemany("INSERT INTO passages VALUES (?,?,?,?,?,?,?)", rows)
+                self._conn.executemany(
+                    "INSERT INTO passages (row, id, doc_id, title, text, start, end, metadata) VALUES (?,?,?,?,?,?,?,?)", rows)
             except sqlite3.IntegrityError:
                 self._raise_duplicate(passages, origins)
             self._next_row += len(rows)
@@ -135,14 +141,30 @@ class DocStore:
 
     def passages_in_rows(self, first: int, count: int) -> list[Passage]:
         """The passages of rows ``first`` to ``first + count - 1``, in row order."""
+        columns = self._columns  # (takes the lock itself)
         with self._lock:
-            return [Passage(pid, doc_id, text, title, start, end) for pid, doc_id, title, text, start, end in
-                    self._conn.execute("SELECT id, doc_id, title, text, start, end FROM passages "
-                                       "WHERE row >= ? AND row < ? ORDER BY row", (first, first + count))]
+            return [_passage(*row) for row in self._conn.execute(
+                f"SELECT {columns} FROM passages WHERE row >= ? AND row < ? ORDER BY row", (first, first + count))]
 
     def commit(self) -> None:
         with self._lock:
             self._conn.commit()
+
+    def durable_commits(self) -> None:
+        """From here on every ``commit`` is whole after the process is killed at
+        any moment (SQLite's write-ahead log), so a build can resume from its
+        last one; a new store otherwise writes with no journal at all, for speed."""
+        with self._lock:
+            self._conn.commit()
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def single_file(self) -> None:
+        """Fold the write-ahead log back in and stop using one: the store is
+        then one self-contained file (a reader needs no write access beside it)."""
+        with self._lock:
+            self._conn.commit()
+            self._conn.execute("PRAGMA journal_mode=DELETE")
 
     def count(self) -> int:
         with self._lock:
@@ -155,16 +177,48 @@ class DocStore:
     def get(self, ids: Iterable[str]) -> dict[str, Passage]:
         ids = list(dict.fromkeys(ids))
         found: dict[str, Passage] = {}
+        columns = self._columns  # (takes the lock itself)
         with self._lock:
             for i in range(0, len(ids), _LOOKUP_CHUNK):
                 chunk = ids[i : i + _LOOKUP_CHUNK]
                 marks = ",".join("?" * len(chunk))
-                for pid, doc_id, title, text, start, end in self._conn.execute(
-                    f"SELECT id, doc_id, title, text, start, end FROM passages WHERE id IN ({marks})",
-                    chunk,
-                ):
-                    found[pid] = Passage(pid, doc_id, text, title, start, end)
+                for row in self._conn.execute(f"SELECT {columns} FROM passages WHERE id IN ({marks})", chunk):
+                    found[row[0]] = _passage(*row)
         return found
+
+    @functools.cached_property
+    def _columns(self) -> str:
+        """The passage columns to read: indexes built before metadata was kept have none."""
+        with self._lock:
+            names = {r[1] for r in self._conn.execute("PRAGMA table_info(passages)")}
+        return "id, doc_id, title, text, start, end, " + ("metadata" if "metadata" in names else "NULL")
+
+    @functools.cached_property
+    def metadata_fields(self) -> dict[str, set[str]]:
+        """Metadata field → the kinds of value its passages hold (see ``filters.value_kind``)."""
+        if not self._columns.endswith("metadata"):
+            return {}
+        fields: dict[str, set[str]] = {}
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT key, type, CASE WHEN type = 'array' THEN MAX(EXISTS (SELECT 1 FROM json_each(value) AS e "
+                "WHERE e.type IN ('array', 'object'))) END FROM passages, json_each(passages.metadata) "
+                "WHERE passages.metadata IS NOT NULL GROUP BY key, type")
+            for key, json_type, nested in rows:
+                kind = _JSON_KINDS.get(json_type)
+                if json_type == "array" and nested:
+                    kind = OTHER
+                if kind is not None:
+                    fields.setdefault(key, set()).add(kind)
+        return fields
+
+    def select(self, tree: Node) -> Selection:
+        """The passages whose metadata passes the filter ``tree``."""
+        condition, parameters = compile_filter(tree, self.metadata_fields)
+        with self._lock:
+            matched = self._conn.execute(f"SELECT row, id FROM passages WHERE {condition} ORDER BY row",
+                                         parameters).fetchall()
+        return Selection(tuple(row for row, _ in matched), frozenset(pid for _, pid in matched))
 
     def doc_ids(self, ids: Iterable[str]) -> dict[str, str]:
         """Passage id → document id, for folding passage hits to documents."""
@@ -181,11 +235,32 @@ class DocStore:
             self._closer()
 
 
-def content_hash(doc_id: str, title: str, text: str) -> str:
+@dataclass(frozen=True)
+class Selection:
+    """Passages that pass a filter: their store rows (FAISS ids) and ids."""
+
+    rows: tuple[int, ...]
+    ids: frozenset[str]
+
+
+_JSON_KINDS = {"integer": NUMBER, "real": NUMBER, "text": STRING, "true": BOOL, "false": BOOL,
+               "array": LIST, "object": OTHER}
+
+
+def _metadata_json(metadata: dict[str, Any] | None) -> str | None:
+    return json.dumps(metadata, ensure_ascii=False, sort_keys=True) if metadata else None
+
+
+def _passage(pid, doc_id, title, text, start, end, metadata) -> Passage:
+    return Passage(pid, doc_id, text, title, start, end, json.loads(metadata) if metadata else None)
+
+
+def content_hash(doc_id: str, title: str, text: str, metadata: dict[str, Any] | None = None) -> str:
     """What decides a document's passages, hashed: with the index's chunking
-    settings fixed, equal hashes mean equal passages (and embeddings)."""
+    settings fixed, equal hashes mean equal passages (and embeddings). Empty
+    metadata leaves the hash as it was before metadata was kept."""
     digest = hashlib.blake2b(digest_size=16)
-    for part in (doc_id, title, text):
+    for part in (doc_id, title, text) + ((_metadata_json(metadata),) if metadata else ()):
         digest.update(part.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
     return digest.hexdigest()

@@ -185,7 +185,7 @@ class _Incoming:
         self._conn = sqlite3.connect(path)
         self._conn.execute("PRAGMA journal_mode=OFF")
         self._conn.execute("PRAGMA synchronous=OFF")
-        self._conn.execute("CREATE TABLE docs (id TEXT PRIMARY KEY, title TEXT, text TEXT, origin TEXT)")
+        self._conn.execute("CREATE TABLE docs (id TEXT PRIMARY KEY, title TEXT, text TEXT, origin TEXT, metadata TEXT)")
         self.hashes: dict[str, str] = {}  # in corpus order
 
     def read(self, documents: Iterable[Document]) -> None:
@@ -195,16 +195,17 @@ class _Incoming:
                 path, _, line = doc.origin.rpartition(":")
                 raise InputError(f"duplicate document id {doc.id!r}", path=path or None,
                                  line=int(line) if line.isdigit() else None)
-            self.hashes[doc.id] = content_hash(doc.id, doc.title, doc.text)
-            pending.append((doc.id, doc.title, doc.text, doc.origin))
+            self.hashes[doc.id] = content_hash(doc.id, doc.title, doc.text, doc.metadata)
+            pending.append((doc.id, doc.title, doc.text, doc.origin, json.dumps(doc.metadata) if doc.metadata else None))
             if len(pending) >= 4096:
-                self._conn.executemany("INSERT INTO docs VALUES (?,?,?,?)", pending)
+                self._conn.executemany("INSERT INTO docs VALUES (?,?,?,?,?)", pending)
                 pending.clear()
-        self._conn.executemany("INSERT INTO docs VALUES (?,?,?,?)", pending)
+        self._conn.executemany("INSERT INTO docs VALUES (?,?,?,?,?)", pending)
 
     def document(self, doc_id: str) -> Document:
-        title, text, origin = self._conn.execute("SELECT title, text, origin FROM docs WHERE id = ?", (doc_id,)).fetchone()
-        return Document(doc_id, text, title, origin)
+        title, text, origin, metadata = self._conn.execute(
+            "SELECT title, text, origin, metadata FROM docs WHERE id = ?", (doc_id,)).fetchone()
+        return Document(doc_id, text, title, origin, json.loads(metadata) if metadata else None)
 
     def close(self) -> None:
         self._conn.close()
