@@ -10,18 +10,24 @@ exactly those of a rebuild, and Lucene indexing is the cheap part of a build.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from ragline.engine.index.docstore import Selection
 from ragline.engine.index.layout import IndexDir, read_consistently
 from ragline.engine.settings import NonNegativeFloat, PositiveInt, UnitInterval
 from ragline.engine.types import Passage
 from ragline.retrievers.base import Retriever
-from ragline.retrievers.lucene_runtime import lucene_indexer, lucene_searcher
+from ragline.retrievers.java.bulk_searcher import BulkSearcher
+from ragline.retrievers.lucene_runtime import ensure_lucene, lucene_indexer, lucene_searcher
 
 DEFAULT_K1 = 0.9
 DEFAULT_B = 0.4
+
+log = logging.getLogger(__name__)
 
 
 def _default_threads() -> int:
@@ -29,6 +35,11 @@ def _default_threads() -> int:
 
 
 class BM25IndexBuilder:
+    """Has no ``resume``: a resumed build re-indexes the passages committed
+    before the interruption from the document store (engine/index/build.py),
+    which costs little next to encoding them, rather than reopening Lucene's
+    segments, whose commits would have to be kept in step with the store's."""
+
     name = "bm25"
 
     def __init__(self, threads: int | None = None):
@@ -68,17 +79,20 @@ class BM25IndexBuilder:
 
 
 class BM25(Retriever):
-    """Retrieve the top ``k`` passages of every query in the batch with BM25."""
+    """Retrieve the top ``k`` passages of every query in the batch with BM25.
+    ``filter``: a metadata filter (``"year>=2020 and lang=en"``, or a list that must all hold)."""
 
     name = "bm25"
 
     def __init__(self, index: str, k: PositiveInt = 100, k1: NonNegativeFloat = DEFAULT_K1, b: UnitInterval = DEFAULT_B,
-                 threads: PositiveInt | None = None):
+                 threads: PositiveInt | None = None, filter: str | list[str] | None = None):
         self.index = str(index)
         self.k = self.check_k(k)
         self.k1 = k1
         self.b = b
         self.threads = threads
+        self.filter = filter
+        self.set_filter(filter)
         self._searcher = None
 
     def warm_up(self) -> None:
@@ -86,14 +100,60 @@ class BM25(Retriever):
 
     def _open(self, index: IndexDir):
         path, _ = index.component("bm25")
-        store = index.docstore()
-        searcher = lucene_searcher(path)
-        searcher.set_bm25(float(self.k1), float(self.b))
-        return store, searcher
+        return index.docstore(), self._open_searcher(path)
 
-    def search(self, texts: list[str], k: int | None = None) -> list[list[tuple[str, float]]]:
-        """``(passage id, score)`` lists, one per text, best first."""
+    def _open_searcher(self, path: Path):
+        """ragline's bulk searcher (retrievers/java/), else pyserini's own, with a warning."""
+        ensure_lucene()
+        try:
+            return BulkSearcher(path, self.k1, self.b)
+        except Exception as err:  # a JavaException: the class missing or unlinkable, or a broken index
+            searcher = lucene_searcher(path)  # a broken index raises here, as it always has
+            searcher.set_bm25(float(self.k1), float(self.b))
+            log.warning("BM25 falls back to pyserini's batch_search, several times slower at depth: "
+                        "ragline's bulk searcher cannot be used (%s)", str(err).partition("\n")[0])
+            return searcher
+
+    def search(self, texts: list[str], k: int | None = None,
+               allowed: Selection | Collection[str] | None = None) -> list[list[tuple[str, float]]]:
+        """``(passage id, score)`` lists, one per text, best first. ``allowed``:
+        the passages hits must be among (a ``Selection`` or passage ids), a
+        filter inside Lucene that leaves the scores as they are."""
         self.warm_up()
+        depth = k or self.k
+        threads = self.threads or _default_threads()
+        allowed_ids = getattr(allowed, "ids", allowed)
+        if allowed_ids is not None and not allowed_ids:
+            return [[] for _ in texts]
+        if isinstance(self._searcher, BulkSearcher):
+            return self._searcher.search(texts, depth, threads, allowed_ids)
+        return _pyserini_search(self._searcher, texts, depth, threads, allowed_ids)
+
+
+def _pyserini_search(searcher, texts: list[str], k: int, threads: int,
+                     allowed_ids: Collection[str] | None) -> list[list[tuple[str, float]]]:
+    """The fallback: pyserini's searcher, whose hits are one Java object each."""
+    if allowed_ids is None:
         keys = [str(i) for i in range(len(texts))]
-        results = self._searcher.batch_search(texts, keys, k=k or self.k, threads=self.threads or _default_threads())
+        results = searcher.batch_search(texts, keys, k=k, threads=threads)
         return [[(hit.docid, hit.score) for hit in results.get(key, [])] for key in keys]
+    from jnius import autoclass
+
+    # The same query as the bulk searcher's, through Anserini's own search(Query, k):
+    # Anserini's bag of words, and a FILTER clause on its collection-id field.
+    generator = autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+    occur = autoclass("org.apache.lucene.search.BooleanClause$Occur")
+    bytes_ref = autoclass("org.apache.lucene.util.BytesRef")
+    terms = autoclass("java.util.ArrayList")()
+    for pid in allowed_ids:
+        terms.add(bytes_ref(pid.encode()))
+    id_filter = autoclass("org.apache.lucene.search.TermInSetQuery")("id", terms)
+    analyzer = searcher.object.get_analyzer()
+    builder = autoclass("org.apache.lucene.search.BooleanQuery$Builder")
+    found = []
+    for text in texts:
+        query = (builder()
+                 .add(generator.buildQuery("contents", analyzer, text), occur.MUST)
+                 .add(id_filter, occur.FILTER).build())
+        found.append([(hit.docid, hit.score) for hit in searcher.object.search(query, k)])
+    return found

