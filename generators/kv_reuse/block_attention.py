@@ -20,12 +20,13 @@ from dataclasses import dataclass
 import torch
 
 from ragline.engine.errors import RaglineError
+from ragline.generators.kv_reuse.rope_bases import has_rope_per_layer_type, layer_frequencies, per_layer_frequencies
 
 # RoPE variants whose angle is (position × fixed frequency), so that a shift
 # is one more rotation. "dynamic" and "longrope" change their frequencies
 # with the sequence length: a cached key cannot be moved.
 SHIFTABLE_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 
 
 @dataclass
@@ -46,12 +47,16 @@ class BlockKV:
 
 
 def rotary_frequencies(model) -> torch.Tensor:
-    """The model's RoPE frequencies, after refusing what cannot be shifted."""
+    """The model's RoPE frequencies, after refusing what cannot be shifted:
+    (rotary/2,), or (layers, rotary/2) when its layers use different bases
+    (``rope_bases``)."""
     model_type = getattr(model.config, "model_type", type(model).__name__)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise RaglineError(f"block attention does not support {model_type!r} models yet; "
                            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     rotary = model.model.rotary_emb
+    if has_rope_per_layer_type(rotary):
+        return per_layer_frequencies(model, SHIFTABLE_ROPE_TYPES)
     rope_type = getattr(rotary, "rope_type", "default")
     if rope_type not in SHIFTABLE_ROPE_TYPES:
         raise RaglineError(f"RoPE type {rope_type!r} changes its frequencies with the sequence length; "
@@ -73,13 +78,16 @@ def prefill_block(model, token_ids: Sequence[int], sink_ids: Sequence[int] = ())
         raise RaglineError("an empty block has nothing to cache")
     sink = len(sink_ids)
     ids = torch.tensor([list(sink_ids) + list(token_ids)], device=model.device)
-    cache = DynamicCache(config=model.config)
+    # A cache without the config's sliding-window layers: those keep only a
+    # window's worth of keys, and a block needs them all. The mask still
+    # applies each layer's window.
+    cache = DynamicCache()
     model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     keys = [layer.keys[..., sink:, :] for layer in cache.layers]
     values = [layer.values[..., sink:, :] for layer in cache.layers]
     if sink:
         inv_freq = rotary_frequencies(model)
-        keys = [rope_shift_reference(k, -sink, inv_freq) for k in keys]
+        keys = [rope_shift_reference(k, -sink, layer_frequencies(inv_freq, i)) for i, k in enumerate(keys)]
     return BlockKV(tuple(sink_ids) + tuple(token_ids), keys, values)
 
 
@@ -106,35 +114,29 @@ def slice_block(block: BlockKV, keep: Sequence[int], inv_freq: torch.Tensor, shi
             runs.append((first, slot, first - keep[first]))
             first = slot
     keys = []
-    for layer_keys in block.keys:
+    for layer, layer_keys in enumerate(block.keys):
         kept = layer_keys.index_select(-2, index)
-        pieces = [kept[..., a:b, :] if delta == 0 else shift(kept[..., a:b, :], delta, inv_freq) for a, b, delta in runs]
+        layer_freq = layer_frequencies(inv_freq, layer)
+        pieces = [kept[..., a:b, :] if delta == 0 else shift(kept[..., a:b, :], delta, layer_freq) for a, b, delta in runs]
         keys.append(torch.cat(pieces, dim=-2))
     values = [layer_values.index_select(-2, index) for layer_values in block.values]
     return BlockKV(tuple(block.token_ids[i] for i in keep) if len(block.token_ids) == block.length else (), keys, values)
 
 
-def assemble_cache(model, blocks: Sequence[BlockKV], inv_freq: torch.Tensor | None = None, shift=None):
+def assemble_cache(model, blocks: Sequence[BlockKV], inv_freq: torch.Tensor | None = None, shift=None,
+                   room: int = 256):
     """A ``DynamicCache`` holding ``blocks`` one after another, each block's
-    keys rotated to its offset. ``shift``: the kernel (default: torch reference)."""
+    keys rotated to its offset, with ``room`` for more tokens written in place
+    (``block_layout``). ``shift``: a per-block kernel (default: the layout's
+    own torch rotation)."""
     from transformers import DynamicCache
 
-    from ragline.kernels.rope_shift import rope_shift_reference
+    from ragline.generators.kv_reuse.block_layout import lay_out
 
+    if not blocks:
+        return DynamicCache(config=model.config)
     inv_freq = rotary_frequencies(model) if inv_freq is None else inv_freq
-    shift = shift or rope_shift_reference
-    cache = DynamicCache(config=model.config)
-    layers = model.config.num_hidden_layers
-    offsets, position = [], 0
-    for block in blocks:
-        offsets.append(position)
-        position += block.length
-    for layer in range(layers):
-        keys = torch.cat([b.keys[layer] if off == 0 else shift(b.keys[layer], off, inv_freq)
-                          for b, off in zip(blocks, offsets)], dim=-2)
-        values = torch.cat([b.values[layer] for b in blocks], dim=-2)
-        cache.update(keys, values, layer)
-    return cache
+    return lay_out(blocks, inv_freq, room, shift).own_cache(model.config)
 
 
 @torch.inference_mode()

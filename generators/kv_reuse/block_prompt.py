@@ -91,7 +91,7 @@ def block_prompt(tokenizer, builder: PromptBuilder, question: str, passages: Seq
     def ids(piece: str) -> list[int]:
         return tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
 
-    return BlockPrompt(ids(prefix), [ids(p) for p in pieces], ids(final))
+    return BlockPrompt(_prefix_ids(tokenizer, prefix), [ids(p) for p in pieces], ids(final))
 
 
 def _pruned_block_prompt(tokenizer, builder: PromptBuilder, question: str, passages: Sequence[Passage],
@@ -110,7 +110,7 @@ def _pruned_block_prompt(tokenizer, builder: PromptBuilder, question: str, passa
         return tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
 
     if not numbered:  # nothing kept: no passage to reuse, the whole prompt is prefilled
-        return BlockPrompt([], [], ids(text), [])
+        return BlockPrompt([], [], _prefix_ids(tokenizer, text), [])
     start = text.find(context)
     if start < 0:
         raise RaglineError("the compressed context is not in the rendered prompt (does the template rewrite it?)")
@@ -121,7 +121,13 @@ def _pruned_block_prompt(tokenizer, builder: PromptBuilder, question: str, passa
         label = f"[{number}]" if slot == 0 else f"\n\n[{number}]"
         blocks += [ids(label), passage_ids]
         keep += [None, positions]
-    return BlockPrompt(ids(prefix_text), blocks, ids(final_text), keep)
+    return BlockPrompt(_prefix_ids(tokenizer, prefix_text), blocks, ids(final_text), keep)
+
+
+def _prefix_ids(tokenizer, text: str) -> list[int]:
+    """The prompt's first piece with the special tokens (BOS) that a plain call
+    adds when no chat template holds them, as ``prompt_spans.prompt_ids`` does."""
+    return list(tokenizer(text, add_special_tokens=not tokenizer.chat_template)["input_ids"])
 
 
 def _kept_positions(tokenizer, builder: PromptBuilder, passage: Passage,

@@ -51,8 +51,12 @@ class BlockStore:
     def bytes_held(self) -> int:
         return self._held
 
-    def get_or_compute(self, token_ids: Sequence[int], compute: Callable[[], BlockKV]) -> BlockKV:
-        key = block_key(self.model_id, token_ids)
+    def key_of(self, token_ids: Sequence[int]) -> str:
+        return block_key(self.model_id, token_ids)
+
+    def get_or_compute(self, token_ids: Sequence[int], compute: Callable[[], BlockKV], key: str | None = None) -> BlockKV:
+        """The block of ``token_ids`` (``key``: its ``key_of``, if already known)."""
+        key = key or block_key(self.model_id, token_ids)
         with self._lock:
             block = self._memory.get(key)
             if block is not None:
@@ -68,6 +72,15 @@ class BlockStore:
             self._write_disk(key, block)
         self._remember(key, block)
         return block
+
+    def served_by_layout(self, keys: Sequence[str]) -> None:
+        """Blocks an assembled layout already holds (``layout_store``): counted as
+        memory hits, and kept recent here since they are in use."""
+        with self._lock:
+            for key in keys:
+                if key in self._memory:
+                    self._memory.move_to_end(key)
+            self.stats["memory_hits"] += len(keys)
 
     def _remember(self, key: str, block: BlockKV) -> None:
         with self._lock:

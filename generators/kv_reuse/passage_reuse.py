@@ -17,11 +17,17 @@ Modes (the generate stage's ``kv_reuse``):
   miss (sink + block tokens) against fidelity.
 
 Cache entries are keyed by model id and the exact token ids (with the sink's,
-in ``sink`` mode). Each call reports hits, misses and bytes in its stats.
+in ``sink`` mode). The assembled layout of a prompt's blocks (copied into one
+buffer per layer, keys rotated) is kept too (``layout_store``, up to
+``layout_bytes``) and reused when the same blocks recur in the same order;
+the question's own tokens are written after the layout's blocks, never into
+them. Each call reports hits, misses, bytes and where its time before
+generation went (``prompt_s``, ``layout_s``, ``rotation_s``) in its stats.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,29 +36,39 @@ from ragline.engine.errors import ConfigError, user_facing_kernel
 from ragline.engine.lm.prompts import PromptBuilder
 from ragline.engine.types import Passage
 from ragline.generators.backend import Generation, Sampling
-from ragline.generators.kv_reuse.block_attention import assemble_cache, prefill_block, rotary_frequencies, slice_block
-from ragline.generators.kv_reuse.block_prompt import block_prompt
+from ragline.generators.kv_reuse.block_attention import prefill_block, rotary_frequencies, slice_block
+from ragline.generators.kv_reuse.block_layout import BlockLayout, lay_out
+from ragline.generators.kv_reuse.block_prompt import BlockPrompt, block_prompt
 from ragline.generators.kv_reuse.block_store import BlockStore
+from ragline.generators.kv_reuse.layout_store import LayoutStore
 
 log = logging.getLogger(__name__)
 
 KV_REUSE_MODES = ("none", "full", "block", "sink")
+# Room left after a layout's blocks for a question and its answer: enough for
+# most, so that the next question over the same blocks fits too.
+LAYOUT_ROOM = 256
 
 
 class PassageKVReuse:
     def __init__(self, generator, mode: str = "block", sink_tokens: int | None = None,
-                 memory_bytes: int = 2 << 30, directory: str | None = None, shift: str = "auto"):
+                 memory_bytes: int = 2 << 30, directory: str | None = None, shift: str = "auto",
+                 layout_bytes: int = 1 << 30):
         if mode not in KV_REUSE_MODES[1:]:
             raise ConfigError(f"kv_reuse must be one of {', '.join(KV_REUSE_MODES)}; got {mode!r}")
         if sink_tokens is not None and sink_tokens < 0:
             raise ConfigError("sink_tokens must be >= 0")
+        if layout_bytes < 0:
+            raise ConfigError("layout_bytes must be >= 0")
         self.generator = generator
         self.mode = mode
         self.sink_tokens = sink_tokens
         self.memory_bytes = memory_bytes
         self.directory = directory
         self.shift_name = shift
+        self.layout_bytes = layout_bytes
         self.store: BlockStore | None = None
+        self.layouts: LayoutStore | None = None
         self._inv_freq = None
         self._shift = None
 
@@ -63,6 +79,7 @@ class PassageKVReuse:
         model = self.generator.lm
         self._inv_freq = rotary_frequencies(model)  # refuses models and RoPE types it cannot shift
         self.store = BlockStore(self.generator.model, self.memory_bytes, self.directory)
+        self.layouts = LayoutStore(self.layout_bytes)
         self._shift = _shift_kernel(self.shift_name, model.device)
 
     def generate(self, builder: PromptBuilder, question: str, passages: Sequence[Passage], sampling: Sampling,
@@ -82,14 +99,18 @@ class PassageKVReuse:
             generation = self.generator.generate_ids(ids, sampling, on_text)
             stats = {"kv_reuse": "full", "prefilled_tokens": len(ids)}
         else:
-            cache = self._assembled_cache(prompt)
-            assembled = time.perf_counter() - started
-            generation = self.generator.generate_ids(ids, sampling, on_text, past_key_values=cache)
+            prompted = time.perf_counter()
+            layout, reused = self.layout_for(prompt, len(prompt.final) + sampling.max_new_tokens)
+            assembled = time.perf_counter()
+            with self._open_cache(layout) as cache:
+                generation = self.generator.generate_ids(ids, sampling, on_text, past_key_values=cache)
             if generation.ttft is not None:
-                generation.ttft += assembled
+                generation.ttft += assembled - started
             stats = {key: self.store.stats[key] - before[key] for key in before}
+            rotation = 0.0 if layout is None or reused else layout.rotation_seconds
             stats.update(kv_reuse=self.mode, cached_tokens=prompt.cached_tokens, prefilled_tokens=len(prompt.final),
-                         cache_bytes=self.store.bytes_held)
+                         cache_bytes=self.store.bytes_held, layout_reused=reused, prompt_s=prompted - started,
+                         layout_s=assembled - prompted - rotation, rotation_s=rotation)
         if kept is not None:
             stats["context"] = self.generator.tokenizer.decode(
                 [t for i in range(len(prompt.blocks)) for t in prompt.kept(i)])
@@ -105,32 +126,57 @@ class PassageKVReuse:
 
         self.warm_up()
         prompt = block_prompt(self.generator.tokenizer, builder, question, passages, kept)
-        cache = None if self.mode == "full" else self._assembled_cache(prompt)
-        if cache is None:  # "full", or nothing cached (a compression that kept nothing)
+        layout = None if self.mode == "full" else self.layout_for(prompt, len(prompt.final) + len(answer_ids))[0]
+        if layout is None:  # "full", or nothing cached (a compression that kept nothing)
             return self.generator.continuation_nll(prompt.all_ids, answer_ids)
-        logits = final_block_logits(self.generator.lm, cache, list(prompt.final) + list(answer_ids))
+        with self._open_cache(layout) as cache:
+            logits = final_block_logits(self.generator.lm, cache, list(prompt.final) + list(answer_ids))
         predicting = logits[len(prompt.final) - 1: len(prompt.final) - 1 + len(answer_ids)]
         targets = torch.tensor(answer_ids, device=predicting.device)
         return float(torch.nn.functional.cross_entropy(predicting.float(), targets))
 
-    def _assembled_cache(self, prompt):
-        """The prompt's prefix and blocks as one cache: from the store (prefilled
-        alone on a miss), kept positions sliced out, keys rotated into place."""
+    def layout_for(self, prompt: BlockPrompt, room: int) -> tuple[BlockLayout | None, bool]:
+        """The prompt's prefix and blocks laid out one after another, and whether
+        that layout was reused. A new layout takes its blocks from the store
+        (prefilled alone on a miss), slices out the kept positions and rotates
+        the keys into place. None when nothing is cached."""
         model = self.generator.lm
         sink = prompt.prefix[: self.sink_tokens] if self.mode == "sink" else []
         pieces = ([prompt.prefix] if prompt.prefix else []) + prompt.blocks
         keep = ([None] if prompt.prefix else []) + (prompt.keep or [None] * len(prompt.blocks))
-        blocks = []
+        if not pieces:
+            return None, False
+        entries = []  # (store key, the ids it is keyed by, the piece, its sink, kept positions)
         for index, (piece, positions) in enumerate(zip(pieces, keep)):
             # The prefix is the sink itself: it is prefilled as it is.
             with_sink = sink if (sink and not (index == 0 and prompt.prefix)) else []
-            key = list(with_sink) + list(piece)
-            block = self.store.get_or_compute(key, lambda p=piece, s=with_sink: prefill_block(model, p, s))
+            ids = list(with_sink) + list(piece)
+            entries.append((self.store.key_of(ids), ids, piece, with_sink, positions))
+        layout_key = tuple((key, None if positions is None else tuple(positions)) for key, *_, positions in entries)
+        layout = self.layouts.get(layout_key)
+        if layout is not None:
+            self.store.served_by_layout([key for key, *_ in entries])
+            return layout, True
+        blocks = []
+        for key, ids, piece, with_sink, positions in entries:
+            block = self.store.get_or_compute(ids, lambda p=piece, s=with_sink: prefill_block(model, p, s), key=key)
             block = self.store.to_device(block, model.device)
             if positions is not None:
                 block = slice_block(block, positions, self._inv_freq, self._shift)
             blocks.append(block)
-        return assemble_cache(model, blocks, self._inv_freq, self._shift) if blocks else None
+        layout = lay_out(blocks, self._inv_freq, max(room, LAYOUT_ROOM), self._shift)
+        self.layouts.put(layout_key, layout)
+        return layout, False
+
+    def _open_cache(self, layout: BlockLayout | None):
+        """A cache over ``layout`` for one call (None without a layout)."""
+        return contextlib.nullcontext() if layout is None else layout.open_cache(self.generator.lm.config)
+
+    def _assembled_cache(self, prompt: BlockPrompt):
+        """A cache over the prompt's layout that may be kept and written to (it
+        copies the layout on its first write); None when nothing is cached."""
+        layout, _ = self.layout_for(prompt, len(prompt.final))
+        return None if layout is None else layout.detached_cache(self.generator.lm.config)
 
 
 def _shift_kernel(name: str, device):
@@ -144,7 +190,5 @@ def _shift_kernel(name: str, device):
 
         return user_facing_kernel(rope_shift_triton)
     if name == "torch":
-        from ragline.kernels.rope_shift import rope_shift_reference
-
-        return rope_shift_reference
+        return None  # the layout's own torch rotation: per-token tables, one pass per layer
     raise ConfigError(f"unknown RoPE shift kernel {name!r}; use auto, torch or triton")
