@@ -1,6 +1,11 @@
 """Loading sentence encoders (a local folder, a hub id, or a packaged copy:
-``packaged.py``), once per (model, device) per process, encoding texts, and
-fingerprinting an encoder's files."""
+``packaged.py``), once per (model, device, backend) per process, encoding
+texts, and fingerprinting an encoder's files.
+
+The backend runs the encoder's transformer: ``torch``, or ONNX Runtime on the
+CPU in fp32 (``onnx``) or with int8 weights (``onnx-int8``), see
+``onnx_encoder.py``. An index records the backend it was built with, and
+queries are encoded through the same one."""
 
 from __future__ import annotations
 
@@ -10,33 +15,52 @@ from pathlib import Path
 
 import numpy as np
 
-from ragline.engine.errors import MissingDependency, RaglineError
+from ragline.engine.errors import ConfigError, MissingDependency, RaglineError
 from ragline.engine.lm import model_cache
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
-def load_sentence_encoder(name: str, device: str | None = None):
-    """A SentenceTransformer, shared with every caller asking for the same one."""
-    device = device or model_cache.default_device()
-    key = ("sentence_encoder", canonical_model_id(name), device)
-    return model_cache.shared(key, lambda: _load(name, device))
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown encoder backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    return backend
 
 
-def _load(name: str, device: str):
+def load_sentence_encoder(name: str, device: str | None = None, backend: str = "torch"):
+    """A SentenceTransformer, shared with every caller asking for the same one.
+    The onnx backends run on the CPU (the default device for them)."""
+    check_backend(backend)
+    if backend == "torch":
+        device = device or model_cache.default_device()
+    elif (device or "cpu") != "cpu":
+        raise ConfigError(f"the {backend} encoder backend runs on the CPU, not {device!r}; use backend torch there")
+    else:
+        device = "cpu"
+    key = ("sentence_encoder", canonical_model_id(name), device, backend)
+    return model_cache.shared(key, lambda: _load(name, device, backend))
+
+
+def _load(name: str, device: str, backend: str):
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:  # pragma: no cover - a base dependency
         raise MissingDependency("dense retrieval needs sentence-transformers") from err
     source = resolve_model_source(name)
     try:
-        return SentenceTransformer(source, device=device)
+        model = SentenceTransformer(source, device=device)
     except OSError as err:
         raise RaglineError(
             f"cannot load encoder {name!r}: not a local folder, no packaged copy is installed, "
             f"and the hub did not provide it ({err.__class__.__name__}: {err})"
         ) from None
+    if backend != "torch":
+        from ragline.engine.lm.onnx_encoder import run_on_onnx
+
+        run_on_onnx(model, int8=backend == "onnx-int8")
+    return model
 
 
 def encode_texts(model, texts: list[str], batch_size: int = 64) -> np.ndarray:
