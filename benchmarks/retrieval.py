@@ -2,7 +2,9 @@
 
 Side by side, in one process, on the same index and the same queries:
 - BM25 batch search: the engine's BM25 stage vs pyserini's LuceneSearcher.batch_search
-  (raw side reads each hit's docid and score, which any consumer must do);
+  (raw side reads each hit's docid and score, which any consumer must do), and
+  the bulk search alone (BM25.search, the same (docid, score) lists) vs the same,
+  checked identical;
 - dense search: the engine's Dense stage (encode + search + hits) vs
   SentenceTransformer.encode + FAISS search, and the search step alone
   (engine search_vectors vs faiss index.search);
@@ -12,10 +14,15 @@ Side by side, in one process, on the same index and the same queries:
   the whole corpus;
 - effectiveness: MAP and nDCG@10 of BM25, dense and hybrid (RRF) runs.
 
+With ``--encoder-backends``, only the encoder backends instead: documents/s of
+torch, onnx and onnx-int8 encoding the same documents, each one's embeddings'
+cosine to torch's, and nDCG@10 / Recall@100 of a dense index built with each.
+
 Timings are medians over interleaved repeats. Prints a table, then one JSON
 line with every figure.
 
     python benchmarks/retrieval.py [--data ../shared/data/vaswani] [--repeats 5]
+    python benchmarks/retrieval.py --encoder-backends [--backend-sample 1000] [--backend-docs N]
 """
 
 from __future__ import annotations
@@ -80,12 +87,107 @@ def build_in_child(corpus: Path, out: Path, components: dict) -> tuple[float, fl
     return seconds, peak_kib / 1024
 
 
+ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def encoder_backend_figures(corpus: Path, topics, qrels, work: Path, sample: int, limit: int | None,
+                            repeats: int) -> dict:
+    """The encoder backends side by side, all on the CPU. Speed: the first
+    ``sample`` documents encoded as an index build encodes them, in rounds
+    that take every backend in turn (neighbours' load hits all alike); a
+    speedup is the median of the per-round ratios to torch. Quality: each
+    backend's embeddings against torch's, and nDCG@10 / Recall@100 of a dense
+    index built with each over the first ``limit`` documents (None: all)."""
+    import numpy as np
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ragline.engine import terminal
+    from ragline.engine.data.corpus import read_corpus
+    from ragline.engine.index.build import build_index
+    from ragline.engine.lm.encoders import encode_texts, load_sentence_encoder
+    from ragline.engine.types import Query
+    from ragline.eval.metrics import mean_scores
+    from ragline.retrievers.dense import Dense
+
+    figures: dict = {}
+    models = {}
+    for backend in ENCODER_BACKENDS:
+        start = time.perf_counter()  # the onnx backends export once into the model cache on first use
+        models[backend] = load_sentence_encoder("all-MiniLM-L6-v2", "cpu", backend)
+        figures[f"load_{backend}_seconds"] = round(time.perf_counter() - start, 1)
+
+    documents = [d.text for d in itertools.islice(read_corpus(corpus), sample)]
+    chunks = [documents[i : i + 256] for i in range(0, len(documents), 256)]  # a moving bar
+    seconds: dict[str, list[float]] = {backend: [] for backend in ENCODER_BACKENDS}
+    vectors = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=terminal.stderr(), disable=not sys.stderr.isatty(), transient=True) as bar:
+        task = bar.add_task("encoding", total=(repeats + 1) * len(models) * len(documents))
+        for round_number in range(repeats + 1):  # round 0 warms up
+            for backend, model in models.items():
+                bar.update(task, description=f"encoding with {backend}, round {round_number}/{repeats}")
+                start, parts = time.perf_counter(), []
+                for chunk in chunks:
+                    parts.append(encode_texts(model, chunk))
+                    bar.advance(task, len(chunk))
+                if round_number:
+                    seconds[backend].append(time.perf_counter() - start)
+                vectors[backend] = np.concatenate(parts)
+    figures["encode_backend_documents"] = len(documents)
+    for backend in ENCODER_BACKENDS:
+        figures[f"encode_{backend}_docs_per_s"] = round(len(documents) / statistics.median(seconds[backend]), 1)
+        if backend == "torch":
+            continue
+        ratios = sorted(t / b for t, b in zip(seconds["torch"], seconds[backend]))
+        figures[f"encode_{backend}_speedup"] = round(statistics.median(ratios), 2)
+        figures[f"encode_{backend}_speedup_range"] = [round(ratios[0], 2), round(ratios[-1], 2)]
+        cosine = (vectors[backend] * vectors["torch"]).sum(axis=1)
+        figures[f"encode_{backend}_cosine_min"] = round(float(cosine.min()), 5)
+        figures[f"encode_{backend}_cosine_mean"] = round(float(cosine.mean()), 5)
+
+    source = corpus
+    if limit is not None:
+        source = work / f"first-{limit}.jsonl"
+        with open(source, "w") as f:
+            for doc in itertools.islice(read_corpus(corpus), limit):
+                f.write(json.dumps({"id": doc.id, "text": doc.text}) + "\n")
+    for backend in ENCODER_BACKENDS:
+        index = work / f"idx-dense-{backend}"
+        start = time.perf_counter()
+        meta = build_index(source, index, {"dense": {"backend": backend, "device": "cpu"}}, progress=sys.stderr.isatty())
+        figures[f"index_{backend}_docs_per_s"] = round(meta["documents"] / (time.perf_counter() - start), 1)
+        results = Dense(str(index), k=1000).run([Query(qid, text) for qid, text in topics])
+        scores = mean_scores(qrels, {q.id: {h.id: h.score for h in q.ranking} for q in results}, ["ndcg_cut_10", "recall_100"])
+        figures[f"dense_{backend}_ndcg10"] = round(scores["ndcg_cut_10"], 4)
+        figures[f"dense_{backend}_recall100"] = round(scores["recall_100"], 4)
+    figures["backend_index_documents"] = meta["documents"]
+    for backend in ENCODER_BACKENDS[1:]:
+        for metric in ("ndcg10", "recall100"):
+            figures[f"dense_{backend}_{metric}_delta"] = round(figures[f"dense_{backend}_{metric}"] - figures[f"dense_torch_{metric}"], 4)
+    return figures
+
+
+def report(figures: dict) -> None:
+    """A table for people, then one JSON line of every figure (the last line)."""
+    figures["cpu_count"] = os.cpu_count()
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps(figures))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "vaswani")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work", type=Path, default=None, help="Folder for the indexes (default: a temp folder).")
     parser.add_argument("--reuse", action="store_true", help="Reuse indexes already in --work (no indexing figures).")
+    parser.add_argument("--encoder-backends", action="store_true",
+                        help="Only compare the encoder backends (torch, onnx, onnx-int8): speed and effectiveness.")
+    parser.add_argument("--backend-sample", type=int, default=1000, help="Documents timed per backend and round.")
+    parser.add_argument("--backend-docs", type=int, default=None,
+                        help="Index only the first N documents for the backends' effectiveness (default: all).")
     args = parser.parse_args()
 
     from ragline.engine.data.corpus import read_corpus
@@ -101,6 +203,11 @@ def main() -> None:
     qrels = read_qrels(args.data / "qrels")
     texts = [t for _, t in topics]
     figures: dict[str, float] = {"queries": len(topics)}
+    if args.encoder_backends:
+        figures.update(encoder_backend_figures(corpus, topics, qrels, work, args.backend_sample, args.backend_docs,
+                                               max(2, args.repeats // 2)))
+        report(figures)
+        return
 
     # --- indexing: time and peak memory, small subset and whole corpus -------------
     subset = work / "subset.jsonl"
@@ -134,8 +241,12 @@ def main() -> None:
         results = raw_searcher.batch_search(texts, qids, k=depth, threads=threads)
         return [[(h.docid, h.score) for h in results[q]] for q in qids]
 
-    # Most of this time is pyjnius turning each Java hit into a Python object,
-    # which both sides pay; the timings are noisy, hence twice the repeats.
+    # Most of the raw side's time is pyjnius turning each Java hit into a Python
+    # object, which the engine's bulk searcher avoids (retrievers/java/); the
+    # timings are noisy, hence twice the repeats.
+    figures["bm25_bulk_identical_k1000"] = bm25.search(texts, k=1000) == raw_bm25(1000)
+    timing = side_by_side(lambda: bm25.search(texts, k=1000), lambda: raw_bm25(1000), args.repeats * 2)
+    record(figures, "bm25_bulk_k1000", timing, len(texts))
     for depth in (1000, 100):
         bm25.k = depth
         timing = side_by_side(
@@ -200,11 +311,7 @@ def main() -> None:
         figures[f"{retriever}_ndcg10"] = round(scores["ndcg_cut_10"], 4)
         figures[f"{retriever}_recall100"] = round(scores["recall_100"], 4)
 
-    figures["cpu_count"] = os.cpu_count()
-    width = max(map(len, figures))
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(figures))
+    report(figures)
 
 
 if __name__ == "__main__":

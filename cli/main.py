@@ -38,6 +38,18 @@ err = terminal.stderr()
 
 EncodingErrors = Annotated[str, typer.Option(
     "--encoding-errors", help="Input bytes that are not UTF-8: 'strict' (an error naming file:line) or 'replace' (read as U+FFFD).")]
+Filters = Annotated[Optional[list[str]], typer.Option(
+    "--filter", help="Metadata filter, e.g. 'year>=2020', 'lang in (en, de) and not draft=true'; repeatable (all must hold).")]
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray", metavar="auto|local|HOST:PORT", help="Spread the work over a Ray actor pool (needs ray[data]): auto (RAY_ADDRESS, else the cluster started on this machine, else a new local one), local, or a cluster head's HOST:PORT.")]
+RayWorkers = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, help="With --ray: actors in the pool (default: one per GPU, else one per CPU slot).")]
+
+
+def _ray_workers(ray: Optional[str], workers: Optional[int]) -> Optional[int]:
+    if workers is not None and ray is None:
+        raise typer.BadParameter("only with --ray", param_hint="'--workers'")
+    return workers
 
 
 def _encoding_errors(value: str) -> str:
@@ -83,6 +95,7 @@ def index(
     dense: Annotated[Optional[str], typer.Option("--dense", help="Build a dense component with this encoder (hub id, path, or 'default').")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, beir, trec, jsonl or dir.")] = "auto",
     faiss: Annotated[str, typer.Option("--faiss", help="FAISS preset (flat, hnsw, ivfpq) or index_factory string.")] = "flat",
+    encoder_backend: Annotated[Optional[str], typer.Option("--encoder-backend", help="What runs the dense encoder, for indexing and queries alike: torch (default), onnx or onnx-int8 (ONNX Runtime on the CPU, exported once; int8 is faster and slightly less exact).")] = None,
     window: Annotated[Optional[int], typer.Option(min=1, help="Chunk documents into passages of this many words.")] = None,
     overlap: Annotated[int, typer.Option(min=0, help="Words shared by consecutive chunks.")] = 0,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Lucene indexing threads.")] = None,
@@ -90,14 +103,23 @@ def index(
     update: Annotated[bool, typer.Option("--update", help="Update the index at --out from CORPUS: add new ids, replace changed documents, keep unchanged ones (not re-encoded); built with its recorded settings.")] = False,
     delete: Annotated[Optional[Path], typer.Option("--delete", help="With --update: also remove the document ids in this file (one a line).")] = None,
     delete_missing: Annotated[bool, typer.Option("--delete-missing", help="With --update: CORPUS is the whole collection; remove documents it lacks.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a build of --out that was killed part-way (same corpus and settings) from its last committed batch; with none to continue, build from the start.")] = False,
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
 ) -> None:
     """Build an index over a corpus: BM25, dense, or both (default: both); or update one (--update)."""
     from ragline.engine.index.build import build_index
     from ragline.engine.lm.encoders import DEFAULT_ENCODER
 
+    workers = _ray_workers(ray, workers)
+    if update and ray is not None:
+        raise typer.BadParameter("an update runs in one process (it encodes only new and changed passages)", param_hint="'--ray'")
+    if update and resume:
+        raise typer.BadParameter("an update is all or nothing; there is no build to resume", param_hint="'--resume'")
     if update:
         _update_index(corpus, out_dir, fmt, delete, delete_missing, _encoding_errors(encoding_errors),
-                      settings_given=bm25 or dense is not None or window is not None or overlap or faiss != "flat")
+                      settings_given=bm25 or dense is not None or window is not None or overlap or faiss != "flat"
+                      or encoder_backend is not None)
         return
     if delete is not None or delete_missing:
         raise typer.BadParameter("only with --update", param_hint="'--delete' / '--delete-missing'")
@@ -106,12 +128,15 @@ def index(
     components: dict[str, dict] = {}
     if not bm25 and dense is None:
         bm25, dense = True, "default"
+    if encoder_backend is not None and dense is None:
+        raise typer.BadParameter("only with a dense component (--dense)", param_hint="'--encoder-backend'")
     if bm25:
         components["bm25"] = {"threads": threads}
     if dense is not None:
-        components["dense"] = {"encoder": DEFAULT_ENCODER if dense == "default" else dense, "factory": faiss}
+        components["dense"] = {"encoder": DEFAULT_ENCODER if dense == "default" else dense, "factory": faiss,
+                               "backend": encoder_backend or "torch"}
     meta = build_index(corpus, out_dir, components, fmt=fmt, window=window, overlap=overlap, progress=sys.stderr.isatty(),
-                       encoding_errors=_encoding_errors(encoding_errors))
+                       encoding_errors=_encoding_errors(encoding_errors), resume=resume, ray=ray, workers=workers)
     out.print(
         f"[green]indexed[/] {meta['documents']:,} documents ({meta['passages']:,} passages) "
         f"into {out_dir} with {', '.join(meta['components'])}"
@@ -124,7 +149,8 @@ def _update_index(corpus: Path, out_dir: Path, fmt: str, delete: Optional[Path],
 
     if settings_given:
         raise typer.BadParameter("an update uses the settings the index was built with; leave out --bm25, --dense, "
-                                 "--faiss, --window and --overlap (or rebuild without --update)", param_hint="'--update'")
+                                 "--faiss, --encoder-backend, --window and --overlap (or rebuild without --update)",
+                                 param_hint="'--update'")
     ids = read_ids(delete, encoding_errors) if delete is not None else []
     meta = update_index(corpus, out_dir, fmt=fmt, delete=ids, delete_missing=delete_missing,
                         progress=sys.stderr.isatty(), encoding_errors=encoding_errors)
@@ -142,6 +168,7 @@ def query(
     text: Annotated[str, typer.Argument(help="The query.")],
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="How many passages to show.")] = 10,
     retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
+    filters: Filters = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Retrieve passages for one query."""
@@ -149,7 +176,7 @@ def query(
 
     if not text.strip():
         raise RaglineError("the query is empty")
-    pipeline = retrieval_pipeline(str(index_dir), retriever, k=k)
+    pipeline = retrieval_pipeline(str(index_dir), retriever, k=k, filter=filters)
     result = pipeline.run([text])[0]
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
@@ -176,6 +203,7 @@ def search(
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Results per query.")] = 1000,
     retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
     tag: Annotated[str, typer.Option(help="Run tag (last column).")] = "ragline",
+    filters: Filters = None,
     encoding_errors: EncodingErrors = "strict",
 ) -> None:
     """Run every topic through a retriever and write a TREC run file."""
@@ -185,7 +213,7 @@ def search(
     from ragline.engine.types import Query
 
     pairs = read_topics(topics, _encoding_errors(encoding_errors))
-    pipeline = retrieval_pipeline(str(index_dir), retriever, k=k, top_k=0)
+    pipeline = retrieval_pipeline(str(index_dir), retriever, k=k, top_k=0, filter=filters)
     results = pipeline.run([Query(id=qid, text=text) for qid, text in pairs])
     write_run(output, {q.id: fold_to_documents(q.ranking) for q in results}, tag=tag)
     out.print(f"[green]wrote[/] {output}: {len(results)} queries, up to {k} results each")
@@ -198,8 +226,10 @@ def run(
     query_text: Annotated[Optional[list[str]], typer.Option("--query", "-q", help="A query; repeatable.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Write one JSON object per query here.")] = None,
     encoding_errors: EncodingErrors = "strict",
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
 ) -> None:
-    """Run a whole pipeline from a YAML file over a set of queries."""
+    """Run a whole pipeline from a YAML file over a set of queries (with --ray: its batches over a Ray actor pool)."""
     from ragline.engine.atomic import atomic_file
     from ragline.engine.data.topics import read_topics
     from ragline.engine.pipeline import Pipeline
@@ -210,8 +240,14 @@ def run(
     items += [Query(id=f"q{i}", text=t) for i, t in enumerate(query_text or [])]
     if not items:
         raise RaglineError("give queries with --queries FILE or --query TEXT")
+    workers = _ray_workers(ray, workers)
     pipeline = Pipeline.load(config)
-    results = pipeline.run(items)
+    if ray is not None:
+        from ragline.engine.batch_run import run_on_ray
+
+        results = run_on_ray(pipeline, items, ray, workers, progress=sys.stderr.isatty())
+    else:
+        results = pipeline.run(items)
     if output:
         with atomic_file(output) as f:
             for result in results:

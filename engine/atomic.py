@@ -11,7 +11,8 @@ whole. Three rules keep a user's files safe:
 - a build killed before it finished leaves only its temporary folder, and the
   next build of the same place removes it: every temporary folder is locked
   (``flock``) by the process building it, so one whose lock can be taken
-  belongs to a process that is gone.
+  belongs to a process that is gone — unless the next build asks to resume
+  it (``atomic_directory(resume=...)``) and carries on where it stopped.
 """
 
 from __future__ import annotations
@@ -60,17 +61,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | Path, kind: str = "output",
-                     recognise: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+                     recognise: Callable[[Path], bool] | None = None,
+                     resume: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``. On success it takes
     the place of ``path`` in one step; on failure or interruption it is deleted
     and ``path`` is untouched. ``kind`` names what is written, for messages;
     ``recognise(path)`` says whether an existing folder is one of ours that
-    predates the marker file."""
+    predates the marker file.
+
+    With ``resume``, the temporary folder of an earlier write of ``path`` whose
+    process is gone (the newest, if several) is yielded instead, as that write
+    left it, when ``resume(folder)`` accepts it; when it does not, the write
+    starts empty as usual. ``resume`` may raise to refuse the folder: nothing
+    is removed then, so a later attempt can still take it up."""
     path = Path(path).absolute()
     check_replaceable(path, kind, recognise)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp, lock = _locked_temporary(path, "building")
+    claimed = _claim_abandoned(path, resume) if resume is not None else None
+    remove_stale_temporaries(path)  # passes over the claimed folder: it is locked
+    tmp, lock = claimed or _locked_temporary(path, "building")
     try:
         yield tmp
         (tmp / MARKER).write_text(f"{kind}\n", encoding="utf-8")
@@ -124,6 +133,31 @@ def remove_stale_temporaries(path: Path) -> None:
             shutil.rmtree(candidate, ignore_errors=True)
         finally:
             os.close(fd)
+
+
+def _claim_abandoned(path: Path, accept: Callable[[Path], bool]) -> tuple[Path, int] | None:
+    """The newest temporary folder of ``path`` whose process is gone and that
+    ``accept`` takes, locked by this process; or None."""
+    candidates = [p for p in path.parent.glob(f".{path.name}.building-*") if p.is_dir()]
+    for candidate in sorted(candidates, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        try:
+            lock = os.open(candidate, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            accepted = accept(candidate)
+        except BlockingIOError:
+            os.close(lock)
+            continue  # a live build holds it
+        except BaseException:
+            os.close(lock)
+            raise
+        if accepted:
+            log.info("resuming the interrupted build in %s", candidate)
+            return candidate, lock
+        os.close(lock)
+    return None
 
 
 def check_replaceable(path: Path, kind: str, recognise: Callable[[Path], bool] | None = None) -> None:

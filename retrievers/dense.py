@@ -13,19 +13,33 @@ FAISS index is then built from the assembled matrix, as a rebuild would.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ragline.engine.errors import ConfigError, EncoderMismatch, RaglineError
+from ragline.engine.index.docstore import Selection
 from ragline.engine.index.layout import IndexDir, read_consistently
-from ragline.engine.lm.encoders import DEFAULT_ENCODER, encode_texts, encoder_fingerprint, load_sentence_encoder
+from ragline.engine.lm.encoders import (
+    DEFAULT_ENCODER,
+    check_backend,
+    encode_texts,
+    encoder_fingerprint,
+    load_sentence_encoder,
+)
 from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.settings import PositiveInt
 from ragline.engine.types import Passage
 from ragline.retrievers.base import Retriever
-from ragline.retrievers.faiss_index import build_faiss_index, import_faiss, maybe_to_gpu, set_search_params
+from ragline.retrievers.faiss_index import (
+    build_faiss_index,
+    import_faiss,
+    maybe_to_gpu,
+    search_within,
+    set_search_params,
+)
 
 FORMAT_VERSION = 1
 EMBEDDINGS = "embeddings.f32"
@@ -35,11 +49,13 @@ FAISS_FILE = "faiss.index"
 class DenseIndexBuilder:
     name = "dense"
 
-    def __init__(self, encoder: str = DEFAULT_ENCODER, factory: str = "flat", batch_size: int = 64, device: str | None = None):
+    def __init__(self, encoder: str = DEFAULT_ENCODER, factory: str = "flat", batch_size: int = 64, device: str | None = None,
+                 backend: str = "torch"):
         self.encoder = encoder
         self.factory = factory
         self.batch_size = batch_size
         self.device = device
+        self.backend = check_backend(backend)  # what runs the encoder: torch, onnx or onnx-int8
         self._dir: Path | None = None
         self._file = None
         self._model = None
@@ -49,14 +65,34 @@ class DenseIndexBuilder:
 
     @staticmethod
     def settings_from_meta(recorded: dict[str, Any]) -> dict[str, Any]:
-        return {"encoder": recorded["encoder"], "factory": recorded.get("preset", recorded["factory"])}
+        return {"encoder": recorded["encoder"], "factory": recorded.get("preset", recorded["factory"]),
+                "backend": recorded.get("encoder_backend", "torch")}
 
     def open(self, directory: Path) -> None:
         import_faiss()  # fail before encoding anything
         directory.mkdir(parents=True)
         self._dir = directory
-        self._model = load_sentence_encoder(self.encoder, self.device)
+        self._model = load_sentence_encoder(self.encoder, self.device, self.backend)
         self._file = open(directory / EMBEDDINGS, "wb")
+
+    def resume(self, directory: Path, committed: int) -> None:
+        """Continue in ``directory`` as a killed build left it: its embeddings
+        file holds at least the first ``committed`` passages' rows (``add``
+        syncs each batch before the build commits it); rows past them, of a
+        batch never committed, are dropped. Only the rest get encoded."""
+        import_faiss()
+        self._dir = directory
+        self._model = load_sentence_encoder(self.encoder, self.device, self.backend)
+        row_bytes = self._model.get_embedding_dimension() * np.dtype(np.float32).itemsize
+        path = directory / EMBEDDINGS
+        held = path.stat().st_size // row_bytes if path.is_file() else 0
+        if held < committed:
+            raise RaglineError(f"cannot resume: {path} holds {held} embeddings, the build committed {committed} "
+                               "passages; build without --resume to start over")
+        self._file = open(path, "r+b")
+        self._file.truncate(committed * row_bytes)
+        self._file.seek(0, os.SEEK_END)
+        self._count = committed
 
     def reuse(self, previous: Path) -> None:
         """Take the embeddings of unchanged passages from the dense folder
@@ -69,7 +105,23 @@ class DenseIndexBuilder:
                                   "was built; its embeddings cannot be reused: rebuild the index")
         self._previous = np.memmap(previous / EMBEDDINGS, dtype=np.float32, mode="r", shape=(meta["count"], meta["dim"]))
 
-    def add(self, passages: list[Passage], previous_rows: list[int | None] | None = None) -> None:
+    def encoder_settings(self) -> dict[str, Any]:
+        """How ``add`` encodes passages (``load_sentence_encoder``'s arguments
+        and the batch size), for encoding them elsewhere the same way: a Ray
+        actor pool (engine/index/distributed.py), which hands ``add`` the vectors."""
+        return {"encoder": self.encoder, "device": self.device, "backend": self.backend, "batch_size": self.batch_size}
+
+    def add(self, passages: list[Passage], previous_rows: list[int | None] | None = None,
+            vectors: np.ndarray | None = None) -> None:
+        """``vectors``: the passages' embeddings, encoded elsewhere as
+        ``encoder_settings()`` says; written as they are, nothing is encoded here."""
+        if vectors is not None:
+            dim = self._model.get_embedding_dimension()
+            if vectors.shape != (len(passages), dim):
+                raise RaglineError(f"got {vectors.shape[0]}x{vectors.shape[1]} vectors for {len(passages)} passages "
+                                   f"of dimension {dim}")
+            self._write(vectors.astype(np.float32, copy=False), encoded=len(passages))
+            return
         if previous_rows is None:
             previous_rows = [None] * len(passages)
         fresh = [i for i, row in enumerate(previous_rows) if row is None]
@@ -79,9 +131,15 @@ class DenseIndexBuilder:
             vectors[kept] = self._previous[[previous_rows[i] for i in kept]]
         if fresh:
             vectors[fresh] = encode_texts(self._model, [passages[i].indexed_text() for i in fresh], self.batch_size)
-        self._file.write(vectors.tobytes())
-        self._count += len(passages)
-        self.encoded += len(fresh)
+        self._write(vectors, encoded=len(fresh))
+
+    def _write(self, vectors: np.ndarray, encoded: int) -> None:
+        self._file.write(np.ascontiguousarray(vectors).tobytes())
+        # On disk before the build commits the batch, so a resumed build finds it.
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._count += len(vectors)
+        self.encoded += encoded
 
     def close(self) -> dict[str, Any]:
         self._file.close()
@@ -101,6 +159,7 @@ class DenseIndexBuilder:
             "factory": factory,
             "preset": self.factory,
             "max_seq_length": self._model.max_seq_length,
+            "encoder_backend": self.backend,
         }
         (self._dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return meta
@@ -114,15 +173,17 @@ class DenseIndexBuilder:
 class Dense(Retriever):
     """Retrieve the top ``k`` passages of every query by embedding similarity.
 
-    ``encoder`` defaults to the one the index was built with; naming another is
-    an error. ``nprobe`` (IVF) and ``ef_search`` (HNSW) trade speed for recall;
-    ``gpu`` is ``auto``, ``yes`` or ``no``.
+    ``encoder`` and ``backend`` (torch, onnx, onnx-int8) default to those the
+    index was built with; naming others is an error. ``nprobe`` (IVF) and ``ef_search`` (HNSW) trade speed for recall;
+    ``gpu`` is ``auto``, ``yes`` or ``no``. ``filter``: a metadata filter
+    (``"year>=2020 and lang=en"``, or a list that must all hold).
     """
 
     name = "dense"
 
     def __init__(self, index: str, k: PositiveInt = 100, encoder: str | None = None, batch_size: PositiveInt = 64,
-                 device: str | None = None, nprobe: PositiveInt = 16, ef_search: PositiveInt = 128, gpu: str = "auto"):
+                 device: str | None = None, nprobe: PositiveInt = 16, ef_search: PositiveInt = 128, gpu: str = "auto",
+                 filter: str | list[str] | None = None, backend: str | None = None):
         if gpu not in ("auto", "yes", "no"):
             raise ConfigError("gpu must be auto, yes or no")
         self.index = str(index)
@@ -133,6 +194,9 @@ class Dense(Retriever):
         self.nprobe = nprobe
         self.ef_search = ef_search
         self.gpu = gpu
+        self.filter = filter
+        self.set_filter(filter)
+        self.backend = backend if backend is None else check_backend(backend)
         self._faiss_index = None
         self._ids: list[str] = []
         self._model = None
@@ -140,6 +204,7 @@ class Dense(Retriever):
     def warm_up(self) -> None:
         meta, faiss_index, self._store, self._ids = read_consistently(self.index, self._open)
         set_search_params(faiss_index, self.nprobe, self.ef_search)
+        self._cpu_index = faiss_index  # filtered searches run here: FAISS's GPU indexes take no id selector
         self._faiss_index = maybe_to_gpu(faiss_index, self.gpu)
         recorded = meta.get("encoder_fingerprint")  # absent in indexes built before it was recorded
         if recorded is not None and encoder_fingerprint(meta["encoder"]) not in (recorded, None):
@@ -147,7 +212,7 @@ class Dense(Retriever):
                 f"the encoder {meta['encoder']!r} has changed since index {self.index} was built "
                 "(its configuration, tokenizer or weights differ); rebuild the index, or restore the encoder"
             )
-        self._model = load_sentence_encoder(meta["encoder"], self.device)
+        self._model = load_sentence_encoder(meta["encoder"], self.device, meta.get("encoder_backend", "torch"))
         if self._model.get_embedding_dimension() != meta["dim"]:
             raise EncoderMismatch(f"encoder {meta['encoder']!r} now gives {self._model.get_embedding_dimension()} dimensions, the index has {meta['dim']}")
 
@@ -159,6 +224,10 @@ class Dense(Retriever):
                 f"index {self.index} was built with encoder {meta['encoder']!r}, "
                 f"not {canonical_model_id(self.encoder)!r}; query it with the same encoder or rebuild it"
             )
+        built_with = meta.get("encoder_backend", "torch")  # indexes from before backends were torch
+        if self.backend is not None and self.backend != built_with:
+            raise EncoderMismatch(f"index {self.index} was built with encoder backend {built_with!r}, not {self.backend!r}; "
+                                  "query it with the same backend (or leave backend unset) or rebuild it")
         faiss_index = import_faiss().read_index(str(path / FAISS_FILE))
         store = index.docstore()
         ids = store.ids_in_row_order()
@@ -170,9 +239,15 @@ class Dense(Retriever):
         self.warm_up()
         return encode_texts(self._model, texts, self.batch_size)
 
-    def search_vectors(self, vectors: np.ndarray, k: int | None = None) -> list[list[tuple[str, float]]]:
+    def search_vectors(self, vectors: np.ndarray, k: int | None = None,
+                       allowed: Selection | None = None) -> list[list[tuple[str, float]]]:
         self.warm_up()
-        scores, rows = self._faiss_index.search(vectors, k or self.k)
+        if allowed is None:
+            scores, rows = self._faiss_index.search(vectors, k or self.k)
+        elif not allowed.rows:
+            return [[] for _ in range(len(vectors))]
+        else:
+            scores, rows = search_within(self._cpu_index, vectors, k or self.k, allowed.rows, self.nprobe, self.ef_search)
         ids = self._ids
         # FAISS pads with row -1 when fewer than k vectors qualify.
         return [
@@ -180,5 +255,6 @@ class Dense(Retriever):
             for row_list, score_list in zip(rows.tolist(), scores.tolist())
         ]
 
-    def search(self, texts: list[str], k: int | None = None) -> list[list[tuple[str, float]]]:
-        return self.search_vectors(self.encode(texts), k)
+    def search(self, texts: list[str], k: int | None = None,
+               allowed: Selection | None = None) -> list[list[tuple[str, float]]]:
+        return self.search_vectors(self.encode(texts), k, allowed)
