@@ -14,6 +14,10 @@ eval_app = typer.Typer(help="Evaluate pipelines on BEIR, PosIR and QA data.", no
 convert_app = typer.Typer(help="Convert collections between formats.", no_args_is_help=True)
 build_app = typer.Typer(help="Build evaluation sets.", no_args_is_help=True)
 out = terminal.stdout()
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray", metavar="auto|local|HOST:PORT", help="Run the pipeline's batches on a Ray actor pool (needs ray[data]): auto, local, or a cluster head's HOST:PORT.")]
+RayWorkers = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, help="With --ray: actors in the pool (default: one per GPU, else one per CPU slot).")]
 # What `eval qa --out` writes, and `eval compare` reads.
 QA_ROWS, QA_SUMMARY = "per_question.jsonl", "summary.json"
 
@@ -24,9 +28,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     app.add_typer(build_app, name="build")
 
 
-def _pipeline(index: Optional[Path], pipeline: Optional[Path], retriever: str, k: int, corpus: Path | None):
+def _pipeline(index: Optional[Path], pipeline: Optional[Path], retriever: str, k: int, corpus: Path | None,
+              ray: Optional[str] = None, workers: Optional[int] = None):
     """A pipeline from YAML, or a named retriever over ``index`` (built from
-    ``corpus`` first when the folder does not exist yet)."""
+    ``corpus`` first when the folder does not exist yet, on Ray with ``ray``)."""
     from ragline.engine.errors import InputError
     from ragline.engine.pipeline import Pipeline
     from ragline.engine.retrieval_pipeline import retrieval_pipeline
@@ -42,7 +47,7 @@ def _pipeline(index: Optional[Path], pipeline: Optional[Path], retriever: str, k
         wanted = {"bm25": ["bm25"], "dense": ["dense"], "hybrid": ["bm25", "dense"], "auto": ["bm25"]}[retriever]
         components = {name: ({"encoder": DEFAULT_ENCODER} if name == "dense" else {}) for name in wanted}
         out.print(f"building {', '.join(wanted)} index at {index}")
-        build_index(corpus, index, components)
+        build_index(corpus, index, components, ray=ray, workers=workers)
     return retrieval_pipeline(str(index), retriever, k=k, top_k=0)
 
 
@@ -57,8 +62,10 @@ def eval_beir(
     metrics: Annotated[str, typer.Option(help="Comma-separated, e.g. nDCG@10,Recall@100,MAP@100.")] = "nDCG@10,Recall@100,MAP@100",
     remove_query: Annotated[Optional[bool], typer.Option("--remove-query/--keep-query", help="Drop hits on the query's own id (default: on for arguana, quora).")] = None,
     results: Annotated[Optional[Path], typer.Option("--out", help="Folder for run.trec, per_query.jsonl, summary.json.")] = None,
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
 ) -> None:
-    """Score a retriever or pipeline on a BEIR dataset."""
+    """Score a retriever or pipeline on a BEIR dataset (with --ray: its batches on a Ray actor pool)."""
     from ragline.eval.beir import open_dataset
     from ragline.eval.beir_eval import evaluate_beir
     from ragline.eval.report import check_results_folder, print_metrics
@@ -66,7 +73,15 @@ def eval_beir(
     if results:
         check_results_folder(results)
     dataset = open_dataset(data, split)
-    pipe = _pipeline(index, pipeline, retriever, k, dataset.corpus)
+    if workers is not None and ray is None:
+        raise typer.BadParameter("only with --ray", param_hint="'--workers'")
+    pipe = _pipeline(index, pipeline, retriever, k, dataset.corpus, ray, workers)
+    if ray is not None:
+        import sys
+
+        from ragline.engine.batch_run import OnRay
+
+        pipe = OnRay(pipe, ray, workers, progress=sys.stderr.isatty())
     names = [m for m in metrics.split(",") if m.strip()]
     evaluation, summary = evaluate_beir(dataset, pipe, names, results, remove_query)
     print_metrics(out, f"{dataset.name} ({split}, {summary['queries']} queries)", evaluation.means, summary["reference"])
@@ -153,8 +168,11 @@ def eval_qa(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N questions.")] = None,
     complete_only: Annotated[bool, typer.Option(help="Only questions whose supporting facts are all in their context.")] = False,
     results: Annotated[Optional[Path], typer.Option("--out", help="Folder for per_question.jsonl and summary.json.")] = None,
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
 ) -> None:
-    """Score a RAG pipeline on QA data: answers, the gold answer's likelihood, evidence kept, context size, latency."""
+    """Score a RAG pipeline on QA data: answers, the gold answer's likelihood, evidence kept, context size, latency.
+    With --ray the pipeline's batches run on a Ray actor pool; the gold answers are scored here."""
     import sys
 
     from rich.table import Table
@@ -173,8 +191,14 @@ def eval_qa(
 
     if results:
         check_results_folder(results)
+    if (workers is not None and ray is None) or (ray is not None and pipeline is None):
+        raise typer.BadParameter("only with --ray and a --pipeline", param_hint="'--ray' / '--workers'")
     questions = read_hotpotqa(data, limit)
     pipe = Pipeline.load(pipeline) if pipeline else None
+    if ray is not None:
+        from ragline.engine.batch_run import OnRay
+
+        pipe = OnRay(pipe, ray, workers, progress=sys.stderr.isatty())
     rows, summary = evaluate_qa(questions, pipe, setting, complete_only, progress=sys.stderr.isatty())
     intervals = summary["intervals"]
     table = Table(title=f"QA ({setting}, {summary['questions']} questions)", caption=summary["interval_method"])

@@ -40,6 +40,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
+from ragline.engine.batch_run import OnRay
 from ragline.engine.data.hotpotqa import HotpotQuestion, paragraph_passage
 from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.index.docstore import fetch_passages, query_over
@@ -125,16 +126,25 @@ def _run_and_score(questions: Sequence[HotpotQuestion], queries: list[Query], pi
     step = pipeline.batch_size if pipeline is not None else max(1, len(queries))
     rows = []
     with tqdm(total=len(queries), desc="QA", unit="question", disable=not progress) as bar:
-        for start in range(0, len(queries), step):
-            batch = queries[start: start + step]
-            if pipeline is not None:
-                batch = pipeline.run(batch)
+        for start, batch in _run_batches(pipeline, queries, step):
             for question, query in zip(questions[start: start + step], batch):
                 row = _score(question, query)
                 row["answer_nll"] = _answer_nll(generator, query, question.answer)
                 rows.append(row)
                 bar.update()
     return rows, summarize(rows)
+
+
+def _run_batches(pipeline: Pipeline | OnRay | None, queries: list[Query], step: int):
+    """(first index, batch) of ``queries`` as the pipeline returns them: batch
+    by batch here, or every batch at once over a Ray actor pool (``OnRay``)."""
+    if isinstance(pipeline, OnRay):
+        done = pipeline.run(queries)
+        yield from ((start, done[start: start + step]) for start in range(0, len(done), step))
+        return
+    for start in range(0, len(queries), step):
+        batch = queries[start: start + step]
+        yield start, pipeline.run(batch) if pipeline is not None else batch
 
 
 def _generate_stage(pipeline: Pipeline | None):

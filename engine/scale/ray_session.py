@@ -1,0 +1,182 @@
+"""A Ray session for one scaled-out command, and what every ragline job on
+Ray shares: actor resources, fault tolerance, ordered Ray Data output, and
+errors a user can read.
+
+Ray is imported here, only when a command asks for it (``--ray``), so ragline
+without Ray never loads it. ``ray_session(address)`` connects — ``auto``:
+Ray's own rule (``RAY_ADDRESS``, else the cluster last started on this
+machine, else a new local instance); ``local``: always a new local instance;
+else a cluster's ``host:port`` — and disconnects afterwards. A caller that
+connected already (a test, a notebook) keeps its session as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import socket
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from ragline.engine.errors import InputError, MissingDependency, RaglineError
+
+log = logging.getLogger(__name__)
+
+RAY_REQUIREMENT = "ray[data]==2.60.0"
+# A worker that dies (a crash, the OOM killer, a lost node) is restarted this
+# many times, and the batch it held is retried on it; the output is unchanged.
+FAULT_TOLERANCE = {"max_restarts": 3, "max_task_retries": 3}
+_CONNECT_TIMEOUT_S = 5.0
+_RAY_DATA_ADVICE = re.compile(r"\nFailed to .* after \d+/\d+ attempts .*", re.DOTALL)
+# Ray's crash handler takes SIGSEGV, which the JVM (Lucene, for BM25) raises
+# and handles itself as a matter of course: with both in one process, Ray's
+# handler turns a routine JVM signal into a crash. Ray reads this when
+# imported, and its local processes inherit it.
+JVM_SAFE = {"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
+
+
+def import_ray():
+    for name, value in JVM_SAFE.items():
+        os.environ.setdefault(name, value)
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the part ragline uses)
+    except ImportError:
+        raise MissingDependency(f"--ray needs Ray: pip install '{RAY_REQUIREMENT}'") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str = "auto") -> Iterator[Any]:
+    """The ``ray`` module, connected to the cluster at ``address`` for the block."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    check_address(address)
+    try:
+        ray.init(address=None if address == "auto" else address, include_dashboard=False,
+                 logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise InputError(f"cannot connect to Ray at {address!r}: {_first_line(err)}") from None
+    log.info("connected to Ray: %s", _describe(ray.cluster_resources()))
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def check_address(address: str) -> None:
+    """Fail in seconds, in one line, where Ray would retry a wrong address for
+    minutes; commands that work long before they connect call it first."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+    if not address or address == "local" or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray {address!r}: give auto, local, or the head node's HOST:PORT (port 6379 by default)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot reach a Ray cluster at {address} ({err.strerror or err}); "
+                         "is its head node running (`ray start --head` prints the address)?") from None
+
+
+def actor_resources(gpus_per_actor: int) -> dict[str, Any]:
+    """What each actor of a pool asks Ray for: its GPUs where it runs on GPUs,
+    else one CPU slot (its torch then runs on one thread: Ray sets
+    OMP_NUM_THREADS to the slots it gives)."""
+    if gpus_per_actor:
+        return {"num_gpus": gpus_per_actor, "num_cpus": 1}
+    return {"num_cpus": 1}
+
+
+def cluster_gpus(ray) -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def default_workers(ray, gpus_per_actor: int) -> int:
+    """One actor per GPU (or per group of ``gpus_per_actor``), else one per CPU slot."""
+    resources = ray.cluster_resources()
+    if gpus_per_actor:
+        return max(1, int(resources.get("GPU", 0)) // gpus_per_actor)
+    return max(1, int(resources.get("CPU", 1)))
+
+
+@contextlib.contextmanager
+def data_job(ray) -> Iterator[None]:
+    """Settings for a Ray Data job of ragline's, restored after the block:
+    results come back in input order (corpus order, query order); ragline
+    shows its own progress (with an ETA), so Ray Data's bars are off and its
+    console notices go only to its log file (``ray-data.log`` in the Ray
+    session folder)."""
+    with warnings.catch_warnings():
+        # Ray 2.60 takes an actor pool's max_restarts / max_task_retries only
+        # as ray_remote_args, which it says are deprecated (for 2.64).
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        # It counts one input (one read task) and warns the pool may idle; the task streams many blocks.
+        warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+        # Settings it renamed, which it warns about as it makes its own context.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")
+        context = ray.data.DataContext.get_current()
+        saved = context.execution_options.preserve_order, context.enable_progress_bars, context.print_on_execution_start
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        consoles = [h for h in logging.getLogger("ray.data").handlers
+                    if isinstance(h, logging.StreamHandler) and getattr(h, "baseFilename", None) is None]
+        levels = [h.level for h in consoles]
+        for handler in consoles:
+            handler.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            context.execution_options.preserve_order, context.enable_progress_bars, context.print_on_execution_start = saved
+            for handler, level in zip(consoles, levels):
+                handler.setLevel(level)
+
+
+@contextlib.contextmanager
+def readable_errors() -> Iterator[None]:
+    """A ragline error raised in a Ray task (a bad corpus line, a bad setting)
+    leaves the block as itself, without the remote traceback Ray wraps it in,
+    so the command prints it in one line."""
+    try:
+        yield
+    except Exception as error:
+        readable = user_error(error)
+        if readable is None or readable is error:
+            raise
+        raise readable from None
+
+
+def user_error(error: BaseException) -> RaglineError | None:
+    """The ragline error (a bad corpus line, a bad setting) that a Ray task
+    raised, without the remote traceback Ray wraps around it; None when the
+    failure is not one."""
+    from ray.exceptions import RayError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, RaglineError) and not isinstance(current, RayError):
+            if current.args and isinstance(current.args[0], str):
+                # Ray Data appends its retry advice to the message (a task's failures are "transient" to it).
+                current.args = (_RAY_DATA_ADVICE.sub("", current.args[0]),) + current.args[1:]
+            return current
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
+
+
+def _describe(resources: dict[str, float]) -> str:
+    return ", ".join(f"{int(resources.get(kind, 0))} {kind}" for kind in ("CPU", "GPU"))
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
