@@ -1,4 +1,4 @@
-"""``ragline train cross-encoder``: make a reranker from a packaged encoder."""
+"""``ragline train cross-encoder``, ``ragline calibrate attnrank`` and ``ragline calibrate heads``."""
 
 from __future__ import annotations
 
@@ -92,6 +92,38 @@ def calibrate_attnrank_command(
     terminal.stdout().print(f"[green]calibrated[/] {out} ({len(chosen)} prompts, {slots} slots): {shares}")
 
 
+def calibrate_heads_command(
+    out: Annotated[Path, typer.Option("--out", help="Profile file to write (JSON).")],
+    corpus: Annotated[Path, typer.Option("--corpus", help="Real text for the haystacks and needles: a corpus file or folder (JSONL, TREC, BEIR, text files).")],
+    model: Annotated[str, typer.Option("--model", help="The model: hub id, folder, or a packaged model.")] = "SmolLM2-135M-Instruct",
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Needle-in-a-haystack tasks.")] = 20,
+    min_tokens: Annotated[int, typer.Option("--min-tokens", min=1, help="Shortest haystack, in tokens.")] = 500,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Longest haystack, in tokens.")] = 1500,
+    top: Annotated[int, typer.Option("--top", min=1, help="Heads to choose: the highest retrieval scores.")] = 16,
+    min_recall: Annotated[float, typer.Option("--min-recall", help="A task counts when the answer has this ROUGE-1 recall of the needle.")] = 0.5,
+    documents: Annotated[int, typer.Option("--documents", min=1, help="Read at most this many corpus documents.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Seed of needles, haystacks and depths.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when present).")] = None,
+) -> None:
+    """Find the model's retrieval heads (needle-in-a-haystack copying), for `icr` with `heads:`."""
+    import itertools
+
+    from ragline.engine import terminal
+    from ragline.engine.data.corpus import read_corpus
+    from ragline.engine.lm.causal_lm import load_causal_lm
+    from ragline.rerankers.retrieval_head_detection import detect_retrieval_heads
+
+    texts = [doc.text for doc in itertools.islice(read_corpus(corpus), documents)]
+    lm, tokenizer = load_causal_lm(model, device=device, dtype="float32")
+    profile = detect_retrieval_heads(lm, tokenizer, model, texts, samples, min_tokens, max_tokens, top, min_recall,
+                                     seed, progress=sys.stderr.isatty(), corpus_name=corpus.name)
+    profile.save(out)
+    best = ", ".join(f"{layer}.{head} ({profile.scores[layer][head]:.2f})" for layer, head in profile.top[:5])
+    terminal.stdout().print(f"[green]calibrated[/] {out}: {profile.settings['answered']} of {samples} needles copied; "
+                            f"top heads (layer.head) {best}")
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     groups["train"].command("cross-encoder")(train_cross_encoder_command)
     groups["calibrate"].command("attnrank")(calibrate_attnrank_command)
+    groups["calibrate"].command("heads")(calibrate_heads_command)

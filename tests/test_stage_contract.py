@@ -73,11 +73,14 @@ SPECIAL = {
     ("fuse", "weights"): {"bm25": 2.0, "dense": 0.5},
     ("fuse", "sources"): ["bm25", "dense"],
     ("dense", "gpu"): "no",
+    ("dense", "filter"): "lang in (en, de)",
+    ("bm25", "filter"): ["year>=2020", "not draft=true"],
     ("attention_rag", "cue"): "question",
     ("attention_rag", "read"): "generated",
     ("sentinel", "backend"): "torch",
     ("attention_rag", "backend"): "torch",
     ("attention_sort", "backend"): "torch",
+    ("icr", "backend"): "torch",
 }
 # **budget of the compressors: one of ratio, budget, threshold.
 BUDGET = {"ratio": 0.25, "passages": 7, "tokenizer": "some/tokenizer"}
@@ -184,4 +187,4 @@ def test_the_public_names_still_import_from_the_package():
     assert set(ragline.__all__) >= {"BM25", "Dense", "Fuse", "Pipeline", "build_index", "Generate", "Query"}
     names = {ep.name for ep in entry_points(group="ragline.stages")}
     assert names == {"bm25", "dense", "fuse", "cross_encoder", "generate", "attnrank", "attention_sort", "sentinel",
-                     "attention_rag", "random_sentences", "leading_sentences", "embedding_sentences"}
+                     "attention_rag", "random_sentences", "leading_sentences", "embedding_sentences", "icr"}

@@ -37,6 +37,8 @@ _ACTIVE: contextvars.ContextVar[_Capture | None] = contextvars.ContextVar("ragli
 @dataclass
 class ProbeResult:
     #: (layers, batch, heads, probed positions, spans): softmax mass per span.
+    #: A probe of chosen heads has one row per (layer, head) pair, in the order
+    #: asked, each with a head axis of one: (pairs, batch, 1, positions, spans).
     attention: torch.Tensor
     #: (batch, spans): tokens in each span.
     span_lengths: torch.Tensor
@@ -90,10 +92,14 @@ class AttentionProbe:
     @torch.inference_mode()
     def run(self, input_ids: torch.Tensor, span_ids: torch.Tensor, num_spans: int | None = None,
             query_positions: Sequence[int] | torch.Tensor | None = None,
-            attention_mask: torch.Tensor | None = None, layers: Sequence[int] | None = None) -> ProbeResult:
+            attention_mask: torch.Tensor | None = None, layers: Sequence[int] | None = None,
+            heads: Sequence[tuple[int, int]] | None = None) -> ProbeResult:
         """``input_ids`` (B, T); ``span_ids`` (T,) or (B, T), -1 outside every
         span; ``query_positions`` index the sequence (default: the last token;
-        batches are left-padded so that it is every row's last token)."""
+        batches are left-padded so that it is every row's last token).
+        ``heads``: read only these (layer, head) pairs (e.g. retrieval heads);
+        the kernel then computes those heads alone, and the result has one row
+        per pair (see ``ProbeResult.attention``)."""
         device = self.model.device
         input_ids = input_ids.to(device)
         if input_ids.ndim == 1:
@@ -114,8 +120,10 @@ class AttentionProbe:
             if not bool(attention_mask[:, positions].all()):
                 raise RaglineError("a probed position is padding; left-pad batches so the last token is real")
 
-        capture = _Capture(positions, span_ids, num_spans, self._kernel(input_ids.device), self.key_chunk,
-                           set(range(self.num_layers)) if layers is None else set(layers))
+        selection = self._heads_by_layer(heads, layers)
+        wanted = set(selection) if selection else set(range(self.num_layers)) if layers is None else set(layers)
+        capture = _Capture(positions, span_ids, num_spans, self._kernel(input_ids.device), self.key_chunk, wanted,
+                           selection)
         original = self.model.config._attn_implementation
         token = _ACTIVE.set(capture)
         self.model.set_attn_implementation(_probing_implementation(original))
@@ -129,12 +137,36 @@ class AttentionProbe:
         if missing:
             raise RaglineError(f"{type(self.model).__name__} never passed layers {sorted(missing)} through the "
                                "attention interface; the probe cannot read them")
-        order = sorted(capture.per_layer)
-        attention = torch.stack([capture.per_layer[i] for i in order])
+        if selection:
+            # Each layer computed its chosen heads in ascending order; pick the pairs out in the order asked.
+            attention = torch.stack([capture.per_layer[layer][:, selection[layer].index(head)]
+                                     for layer, head in heads]).unsqueeze(2)
+        else:
+            attention = torch.stack([capture.per_layer[i] for i in sorted(capture.per_layer)])
         lengths = torch.zeros((batch, num_spans), dtype=torch.long, device=device)
         valid = span_ids >= 0
         lengths.scatter_add_(1, span_ids.clamp_min(0), valid.long())
         return ProbeResult(attention, lengths, output.logits[:, -1].float())
+
+    def _heads_by_layer(self, heads, layers) -> dict[int, list[int]] | None:
+        """The chosen heads of each layer (ascending), or None to read every head."""
+        if heads is None:
+            return None
+        if layers is not None:
+            raise RaglineError("give the probe layers or (layer, head) pairs, not both")
+        pairs = [(int(layer), int(head)) for layer, head in heads]
+        if not pairs:
+            raise RaglineError("the probe was given no (layer, head) pair to read")
+        if len(set(pairs)) != len(pairs):
+            raise RaglineError("a (layer, head) pair is given twice")
+        for layer, head in pairs:
+            if not (0 <= layer < self.num_layers and 0 <= head < self.num_heads):
+                raise RaglineError(f"head ({layer}, {head}) does not exist in a model of {self.num_layers} layers "
+                                   f"× {self.num_heads} heads")
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in pairs:
+            by_layer.setdefault(layer, []).append(head)
+        return {layer: sorted(chosen) for layer, chosen in by_layer.items()}
 
     def _kernel(self, device: torch.device):
         backend = self.backend
@@ -155,21 +187,30 @@ class AttentionProbe:
 class _Capture:
     """What one probed forward collects, layer by layer."""
 
-    def __init__(self, positions, span_ids, num_spans, kernel, key_chunk, wanted):
+    def __init__(self, positions, span_ids, num_spans, kernel, key_chunk, wanted, heads=None):
         self.positions = positions
         self.span_ids = span_ids
         self.num_spans = num_spans
         self.kernel = kernel
         self.key_chunk = key_chunk
         self.wanted = wanted
+        self.heads = heads  # layer -> chosen query heads, or None for all
         self.per_layer: dict[int, torch.Tensor] = {}
 
     def record(self, module, query, key, attention_mask, kwargs) -> None:
         layer = module.layer_idx
         if layer not in self.wanted:
             return
-        rows = query[:, :, self.positions, :]
         allowed = self._allowed_rows(query, key, attention_mask, kwargs.get("sliding_window"))
+        rows = query[:, :, self.positions, :]
+        if self.heads is not None:
+            # Only the chosen query heads, each paired with its own key head
+            # (grouped-query attention): the kernel sees as many key heads as
+            # query heads, and computes nothing for the others.
+            chosen = self.heads[layer]
+            group = query.shape[1] // key.shape[1]
+            rows = rows[:, chosen]
+            key = key[:, [head // group for head in chosen]]
         self.per_layer[layer] = self.kernel(
             rows, key, allowed, self.span_ids, self.num_spans, kwargs["scaling"],
             softcap=kwargs.get("softcap"), key_chunk=self.key_chunk,
