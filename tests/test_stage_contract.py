@@ -74,6 +74,7 @@ SPECIAL = {
     ("fuse", "sources"): ["bm25", "dense"],
     ("dense", "gpu"): "no",
     ("dense", "filter"): "lang in (en, de)",
+    ("dense", "backend"): "onnx",
     ("bm25", "filter"): ["year>=2020", "not draft=true"],
     ("attention_rag", "cue"): "question",
     ("attention_rag", "read"): "generated",
