@@ -24,7 +24,7 @@ import numpy as np
 from ragline.compressors.attention_features import PROMPT_LAYOUT, AttentionFeatures
 from ragline.compressors.base import SentenceCompressor
 from ragline.compressors.sentences import SentenceUnit
-from ragline.engine.artifacts import read_artifact, write_artifact
+from ragline.engine.artifacts import load_artifact, write_artifact
 from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.lm.packaged import canonical_model_id
@@ -66,11 +66,7 @@ class SentinelProbe:
 
     @classmethod
     def load(cls, path: str | Path) -> SentinelProbe:
-        data = read_artifact(path, ARTIFACT_FORMAT, "Sentinel probe", "ragline train sentinel")
-        try:
-            probe = cls(**data)
-        except TypeError as err:
-            raise InputError(f"{path}: malformed Sentinel probe ({err})") from None
+        probe = load_artifact(cls, path, ARTIFACT_FORMAT, "Sentinel probe", "ragline train sentinel")
         if not len(probe.mean) == len(probe.scale) == len(probe.coef) == probe.layers * probe.heads:
             raise InputError(f"{path}: malformed Sentinel probe (vector sizes do not match "
                              f"{probe.layers} layers × {probe.heads} heads)")

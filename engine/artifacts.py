@@ -29,3 +29,13 @@ def read_artifact(path: str | Path, format_tag: str, what: str, how_to_make: str
     if not isinstance(data, dict) or data.pop("format", None) != format_tag:
         raise InputError(f"{path}: not a {what} (expected format {format_tag!r})")
     return data
+
+
+def load_artifact(cls, path: str | Path, format_tag: str, what: str, how_to_make: str):
+    """``cls(**fields)`` of the artifact at ``path`` (see ``read_artifact``);
+    fields that do not fit ``cls`` make it a malformed ``what``."""
+    data = read_artifact(path, format_tag, what, how_to_make)
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise InputError(f"{path}: malformed {what} ({err})") from None

@@ -54,6 +54,20 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator:
         raise
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (made if absent) for the
+    block: one process at a time prepares what the lock guards."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_file(path) as f:
         f.write(text)

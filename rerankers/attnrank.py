@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ragline.engine.artifacts import read_artifact, write_artifact
+from ragline.engine.artifacts import load_artifact, write_artifact
 from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
@@ -56,11 +56,7 @@ class AttentionProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> AttentionProfile:
-        data = read_artifact(path, PROFILE_FORMAT, "AttnRank profile", "ragline calibrate attnrank")
-        try:
-            profile = cls(**data)
-        except TypeError as err:
-            raise InputError(f"{path}: malformed AttnRank profile ({err})") from None
+        profile = load_artifact(cls, path, PROFILE_FORMAT, "AttnRank profile", "ragline calibrate attnrank")
         if len(profile.profile) != profile.slots or profile.slots < 1:
             raise InputError(f"{path}: malformed AttnRank profile ({len(profile.profile)} values for "
                              f"{profile.slots} slots)")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragline.engine.artifacts import read_artifact, write_artifact
+from ragline.engine.artifacts import load_artifact, write_artifact
 from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.lm.packaged import canonical_model_id
 
@@ -37,11 +37,7 @@ class RetrievalHeads:
 
     @classmethod
     def load(cls, path: str | Path) -> RetrievalHeads:
-        data = read_artifact(path, PROFILE_FORMAT, "retrieval-heads profile", "ragline calibrate heads")
-        try:
-            profile = cls(**data)
-        except TypeError as err:
-            raise InputError(f"{path}: malformed retrieval-heads profile ({err})") from None
+        profile = load_artifact(cls, path, PROFILE_FORMAT, "retrieval-heads profile", "ragline calibrate heads")
         well_formed = (len(profile.scores) == profile.layers and all(len(row) == profile.heads for row in profile.scores)
                        and profile.top
                        and all(len(pair) == 2 and 0 <= pair[0] < profile.layers and 0 <= pair[1] < profile.heads

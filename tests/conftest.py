@@ -158,3 +158,19 @@ def gemma3_folder():
     from ragline.engine.lm.packaged import resolve_model_source
 
     return resolve_model_source("gemma-3-270m")
+
+
+@pytest.fixture
+def encoded(monkeypatch):
+    """Every text the dense builder encodes, in this process (to check what a build or update re-encodes)."""
+    import ragline.retrievers.dense as dense
+
+    texts: list[str] = []
+    real = dense.encode_texts
+
+    def counting(model, batch, batch_size=64):
+        texts.extend(batch)
+        return real(model, batch, batch_size)
+
+    monkeypatch.setattr(dense, "encode_texts", counting)
+    return texts

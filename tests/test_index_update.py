@@ -69,20 +69,6 @@ def assert_same_rankings(updated, rebuilt, queries, retrievers=(BM25,), k=20, **
             assert max((abs(a - b) for (_, a), (_, b) in zip(g, w)), default=0.0) <= 1e-5, (retriever.name, query)
 
 
-@pytest.fixture
-def encoded(monkeypatch):
-    """Every text the dense builder encodes."""
-    import ragline.retrievers.dense as dense
-
-    texts: list[str] = []
-    real = dense.encode_texts
-
-    def counting(model, batch, batch_size=64):
-        texts.extend(batch)
-        return real(model, batch, batch_size)
-
-    monkeypatch.setattr(dense, "encode_texts", counting)
-    return texts
 
 
 @pytest.mark.parametrize("snapshot", [True, False], ids=["whole-corpus", "changes-only"])

@@ -23,11 +23,12 @@ import pytest
 os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 ray = pytest.importorskip("ray")
 
+from index_equality import assert_same_index  # noqa: E402
+
 from ragline.engine.errors import InputError, MissingDependency  # noqa: E402
 from ragline.engine.index.build import build_index, corpus_passages  # noqa: E402
 from ragline.engine.index.layout import IndexDir  # noqa: E402
 from ragline.engine.scale.encode_actor import EXIT_ONCE_VARIABLE  # noqa: E402
-from ragline.retrievers.bm25 import BM25  # noqa: E402
 from ragline.retrievers.dense import EMBEDDINGS, FAISS_FILE, Dense  # noqa: E402
 from ragline.retrievers.faiss_index import build_faiss_index, import_faiss  # noqa: E402
 
@@ -41,23 +42,6 @@ def queries(vaswani_queries) -> list[str]:
     return [text for _, text in vaswani_queries[:30]]
 
 
-def assert_same_index(got: Path, want: Path, queries: list[str], retrievers=(BM25, Dense)) -> None:
-    """Same meta.json (timings apart), document store and files; rankings equal
-    (BM25 exactly, dense scores within 1e-5)."""
-    g, w = IndexDir.open(got), IndexDir.open(want)
-    assert {**g.meta, "created": None} == {**w.meta, "created": None}
-    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
-    n = w.docstore().count()
-    assert g.docstore().count() == n
-    assert g.docstore().passages_in_rows(0, n) == w.docstore().passages_in_rows(0, n)
-    assert g.docstore().document_hashes() == w.docstore().document_hashes()
-    for retriever in retrievers:
-        for query, a, b in zip(queries, retriever(str(got), k=20).search(queries), retriever(str(want), k=20).search(queries)):
-            assert [pid for pid, _ in a] == [pid for pid, _ in b], (retriever.name, query)
-            if retriever is BM25:
-                assert a == b, query
-            else:
-                assert max((abs(x - y) for (_, x), (_, y) in zip(a, b)), default=0.0) <= 1e-5, query
 
 
 def embeddings(index: Path) -> np.ndarray:

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from index_equality import assert_same_index
 
 from ragline.engine.errors import InputError
 from ragline.engine.index.build import build_index
 from ragline.engine.index.layout import IndexDir
 from ragline.engine.index.progress import estimate_documents
 from ragline.retrievers.bm25 import BM25
-from ragline.retrievers.dense import Dense
 
 HYBRID = {"bm25": {}, "dense": {}}  # the packaged all-MiniLM-L6-v2, flat: as the hybrid_index fixture
 
@@ -65,39 +65,8 @@ def temporaries(out: Path) -> list[Path]:
     return [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
-@pytest.fixture
-def encoded(monkeypatch):
-    """Every text the dense builder encodes, in this process."""
-    import ragline.retrievers.dense as dense
-
-    texts: list[str] = []
-    real = dense.encode_texts
-
-    def counting(model, batch, batch_size=64):
-        texts.extend(batch)
-        return real(model, batch, batch_size)
-
-    monkeypatch.setattr(dense, "encode_texts", counting)
-    return texts
 
 
-def assert_same_index(got: Path, want: Path, queries: list[str], retrievers=(BM25, Dense)) -> None:
-    """Same meta.json (timings apart), document store and files; rankings equal
-    (BM25 exactly, dense scores within 1e-5)."""
-    g, w = IndexDir.open(got), IndexDir.open(want)
-    assert {**g.meta, "created": None} == {**w.meta, "created": None}
-    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())  # no journal, no WAL left
-    n = w.docstore().count()
-    assert g.docstore().count() == n
-    assert g.docstore().passages_in_rows(0, n) == w.docstore().passages_in_rows(0, n)
-    assert g.docstore().document_hashes() == w.docstore().document_hashes()
-    for retriever in retrievers:
-        for query, a, b in zip(queries, retriever(str(got), k=20).search(queries), retriever(str(want), k=20).search(queries)):
-            assert [pid for pid, _ in a] == [pid for pid, _ in b], (retriever.name, query)
-            if retriever is BM25:
-                assert a == b, query
-            else:
-                assert max((abs(x - y) for (_, x), (_, y) in zip(a, b)), default=0.0) <= 1e-5, query
 
 
 @pytest.fixture(scope="module")

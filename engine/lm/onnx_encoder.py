@@ -30,7 +30,6 @@ changed model gets a new export and never runs an old one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import warnings
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from ragline.engine.atomic import atomic_directory
+from ragline.engine.atomic import atomic_directory, exclusive_lock
 from ragline.engine.errors import ConfigError, MissingDependency
 from ragline.engine.lm.packaged import model_cache_dir
 
@@ -78,7 +77,7 @@ def exported_model(encoder) -> Path:
     folder = model_cache_dir() / "onnx" / f"{type(hf_model).__name__}-{key[:24]}"
     if (folder / INT8_FILE).exists():
         return folder
-    with _exclusive(folder.with_name(folder.name + ".lock")):
+    with exclusive_lock(folder.with_name(folder.name + ".lock")):
         if not (folder / INT8_FILE).exists():  # another process may have made it meanwhile
             log.info("exporting the encoder's transformer to ONNX in %s (once)", folder)
             with atomic_directory(folder, "ONNX export") as tmp:
@@ -212,12 +211,3 @@ def _root_logger_left_alone() -> Iterator[None]:
         root.removeHandler(guard)
 
 
-@contextlib.contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -18,19 +18,16 @@ see half a model.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import logging
 import os
 import shutil
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ragline.engine.atomic import atomic_directory
+from ragline.engine.atomic import atomic_directory, exclusive_lock
 from ragline.engine.errors import MissingDependency
 
 log = logging.getLogger(__name__)
@@ -142,23 +139,12 @@ def _once_into_cache(model_id: str, make, needed=True) -> Path | None:
         return target
     if not needed:
         return None
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with exclusive_lock(target.with_name(target.name + ".lock")):
         if not (target / "config.json").exists():  # another process may have finished it
             log.info("preparing packaged model %s in %s (once)", model_id, target)
             with atomic_directory(target, "model cache entry") as tmp:
                 make(tmp)
     return target
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _split_zip_parts(entry: SplitZip) -> list[Path] | None:
