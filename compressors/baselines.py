@@ -53,6 +53,11 @@ class EmbeddingSentences(SentenceCompressor):
 
     def score_units(self, question: str, passages: Sequence[Passage], units: Sequence[SentenceUnit]) -> list[float]:
         self.warm_up()
-        vectors = self._encoder.encode([question] + [u.text for u in units], normalize_embeddings=True,
-                                       convert_to_numpy=True, show_progress_bar=False)
-        return (vectors[1:] @ vectors[0]).tolist()
+        return question_similarity(self._encoder, question, [u.text for u in units]).tolist()
+
+
+def question_similarity(encoder, question: str, texts: Sequence[str]):
+    """Cosine similarity of each text to the question under a sentence encoder: (len(texts),)."""
+    vectors = encoder.encode([question, *texts], normalize_embeddings=True, convert_to_numpy=True,
+                             show_progress_bar=False)
+    return vectors[1:] @ vectors[0]

@@ -17,6 +17,10 @@ def train_sentinel_command(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Train on at most this many questions.")] = None,
     test_limit: Annotated[Optional[int], typer.Option(min=1, help="Report the AUC on at most this many held-out questions.")] = None,
     c: Annotated[Optional[float], typer.Option("--c", help="Inverse L2 regularisation of the logistic regression (default: chosen by cross-validation over training questions).")] = None,
+    pooling: Annotated[str, typer.Option(help="Which tokens read the context: last, question or last+question.")] = "last",
+    features: Annotated[str, typer.Option(help="attention, or attention+embedding (the sentence's similarity to the question is one more feature).")] = "attention",
+    select: Annotated[bool, typer.Option("--select/--all-heads", help="Keep only the best (layer, head) features, how many chosen by cross-validation.")] = False,
+    all_questions: Annotated[bool, typer.Option("--all-questions", help="Learn from questions whose evidence is only partly in their context too.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the question split.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when present).")] = None,
 ) -> None:
@@ -26,9 +30,11 @@ def train_sentinel_command(
     from ragline.engine import terminal
     from ragline.engine.data.hotpotqa import read_hotpotqa, split_by_question
 
-    questions = [q for q in read_hotpotqa(data) if q.supporting]
+    # Limits count the questions that will teach the probe.
+    questions = [q for q in read_hotpotqa(data) if q.supporting and (all_questions or q.evidence_complete)]
     train, test = split_by_question(questions, holdout, seed) if holdout else (questions, [])
-    summary = train_sentinel(train[:limit], test[:test_limit], proxy, out, device=device, c=c,
+    summary = train_sentinel(train[:limit], test[:test_limit], proxy, out, device=device, c=c, pooling=pooling,
+                             features=features, select=select, complete_only=not all_questions,
                              progress=sys.stderr.isatty())
     line = (f"[green]trained[/] {out}: {summary['train_questions']} questions, {summary['train_sentences']:,} "
             f"sentences ({summary['train_positives']:,} supporting), train AUC {summary['train_auc']:.3f}")

@@ -3,21 +3,28 @@ positives, every other sentence of the question's ten paragraphs a negative.
 
 Sentences are the file's own (exact labels, no splitter in the way); the
 questions split by id (``split_by_question``), the probe is fitted on the
-training side and its AUC reported on the held-out side.
+training side and its AUC reported on the held-out side. By default only
+questions whose evidence is all in their context teach the probe. The
+regularisation, and with ``select`` the number of (layer, head) features
+kept (ranked by their own AUC), are chosen by cross-validation over whole
+training questions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ragline.compressors.attention_features import AttentionFeatures
+from ragline.compressors.attention_features import POOLINGS, AttentionFeatures
+from ragline.compressors.baselines import question_similarity
 from ragline.compressors.sentences import SentenceUnit
-from ragline.compressors.sentinel import LOG_OFFSET, SentinelProbe
+from ragline.compressors.sentinel import FEATURE_SETS, LOG_OFFSET, SentinelProbe
 from ragline.engine.data.hotpotqa import HotpotQuestion, paragraph_passage
-from ragline.engine.errors import InputError
+from ragline.engine.errors import ConfigError, InputError
+from ragline.engine.lm.encoders import DEFAULT_ENCODER
 from ragline.engine.types import Passage
 
 
@@ -42,70 +49,133 @@ def labelled_units(question: HotpotQuestion) -> tuple[list[Passage], list[Senten
     return passages, units, labels
 
 
-def extract(questions: Sequence[HotpotQuestion], features: AttentionFeatures,
-            progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, labels and question index of every sentence of ``questions``
-    (those with labelled support)."""
+@dataclass
+class TrainingSet:
+    """Every labelled sentence of some questions: attention features (in the
+    pooling asked for), the embedding similarity to the question when asked
+    for, the 0/1 label and the question's index."""
+
+    attention: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    similarity: np.ndarray | None = None
+
+
+def extract(questions: Sequence[HotpotQuestion], features: AttentionFeatures, pooling: str = "last",
+            encoder=None, progress: bool = False) -> TrainingSet:
+    """The training set of ``questions`` (those with a labelled supporting
+    sentence in their context); ``encoder``: a sentence encoder for the
+    embedding similarity."""
     from tqdm import tqdm
 
-    rows, labels, groups = [], [], []
+    rows, similarities, labels, groups = [], [], [], []
     for number, question in enumerate(tqdm(questions, desc="attention features", unit="question", disable=not progress)):
         passages, units, unit_labels = labelled_units(question)
         if not units or not any(unit_labels):
             continue
-        rows.append(features(question.question, passages, units))
+        rows.append(features(question.question, passages, units, pooling))
+        if encoder is not None:
+            similarities.append(question_similarity(encoder, question.question, [u.text for u in units]))
         labels.extend(unit_labels)
         groups.extend([number] * len(unit_labels))
     if not rows:
         raise InputError("no question with labelled supporting sentences to learn from")
-    return np.concatenate(rows), np.asarray(labels), np.asarray(groups)
+    return TrainingSet(np.concatenate(rows), np.asarray(labels), np.asarray(groups),
+                       np.concatenate(similarities) if encoder is not None else None)
 
 
 def log_features(x: np.ndarray) -> np.ndarray:
-    """The probe's input: log attention separates supporting sentences better
-    than raw attention, which is heavy-tailed (cross-validated AUC 0.78 against
-    0.75 over 160 HotpotQA training questions with SmolLM2)."""
+    """Log attention separates supporting sentences better than raw attention,
+    which is heavy-tailed (cross-validated AUC 0.78 against 0.75 over 160
+    HotpotQA training questions with SmolLM2)."""
     return np.log(x + LOG_OFFSET)
 
 
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+# How many attention features a selection may keep (None: all of them).
+K_GRID = (4, 8, 16, 32, 64, None)
 
 
-def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5) -> float:
-    """The regularisation with the best mean AUC over folds of whole
-    questions of the training data (a question's sentences stay together)."""
+def ranked_features(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Feature columns, best first, by how well each alone separates the
+    labels (AUC, either direction)."""
+    from sklearn.metrics import roc_auc_score
+
+    separation = [abs(roc_auc_score(y, x[:, j]) - 0.5) for j in range(x.shape[1])]
+    return np.argsort(separation, kind="stable")[::-1]
+
+
+def choose_settings(x: np.ndarray, y: np.ndarray, groups: np.ndarray, extra: np.ndarray | None = None,
+                    select: bool = False, folds: int = 5) -> tuple[float, int | None, float]:
+    """The regularisation, (with ``select``) the number of attention features,
+    and their mean AUC: the best over folds of whole questions of the
+    training data; the features are ranked on each fold's own training part.
+    ``x``: log attention features; ``extra``: columns always kept (the
+    embedding similarity)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    splits = list(GroupKFold(n_splits=min(folds, len(set(groups)))).split(x, y, groups))
-    best, best_auc = C_GRID[-1], -1.0
-    for c in C_GRID:
-        aucs = []
-        for fit_rows, score_rows in splits:
-            if len(set(y[score_rows])) < 2 or len(set(y[fit_rows])) < 2:
-                continue
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-            model.fit(x[fit_rows], y[fit_rows])
-            aucs.append(auc(model.predict_proba(x[score_rows])[:, 1], y[score_rows]))
-        if aucs and np.mean(aucs) > best_auc:
-            best, best_auc = c, float(np.mean(aucs))
-    return best
+    splits = [(fit, score) for fit, score in GroupKFold(n_splits=min(folds, len(set(groups)))).split(x, y, groups)
+              if len(set(y[fit])) == 2 and len(set(y[score])) == 2]
+    orders = [ranked_features(x[fit], y[fit]) if select else None for fit, _ in splits]
+    sizes = [k for k in K_GRID if k is None or k < x.shape[1]] if select else [None]
+    best, best_auc = (C_GRID[-1], None), -1.0
+    for k in sizes:
+        for c in C_GRID:
+            aucs = []
+            for (fit, score), order in zip(splits, orders):
+                columns = order[:k] if k is not None else slice(None)
+                design = _design(x[:, columns], extra)
+                model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+                model.fit(design[fit], y[fit])
+                aucs.append(auc(model.predict_proba(design[score])[:, 1], y[score]))
+            if aucs and np.mean(aucs) > best_auc:
+                best, best_auc = (c, k), float(np.mean(aucs))
+    return (*best, best_auc)
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, proxy: str, layers: int, heads: int, c: float = 1.0) -> SentinelProbe:
-    """A probe on raw attention features ``x``, fitted on their logs."""
+def _design(x: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
+    return x if extra is None else np.concatenate([x, extra.reshape(len(x), -1)], axis=1)
+
+
+def fit_probe(data: TrainingSet, proxy: str, layers: int, heads: int, pooling: str = "last", c: float = 1.0,
+              selected: Sequence[int] | None = None, embedding_model: str | None = None) -> SentinelProbe:
+    """A probe on ``data`` (raw attention features, fitted on their logs, plus
+    the embedding similarity when ``data`` has it)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    x = log_features(x)
+    probe = SentinelProbe(proxy=proxy, layers=layers, heads=heads, mean=[], scale=[], coef=[], intercept=0.0,
+                          transform="log", pooling=pooling,
+                          selected=None if selected is None else [int(i) for i in selected],
+                          features="attention" if data.similarity is None else "attention+embedding",
+                          embedding_model=None if data.similarity is None else embedding_model)
+    x = probe.prepare(data.attention, data.similarity)
     scaler = StandardScaler().fit(x)
-    classifier = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x), y)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    return SentinelProbe(proxy=proxy, layers=layers, heads=heads, mean=scaler.mean_.tolist(), scale=scale.tolist(),
-                         coef=classifier.coef_[0].tolist(), intercept=float(classifier.intercept_[0]),
-                         transform="log")
+    classifier = LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(x), data.labels)
+    probe.mean, probe.scale = scaler.mean_.tolist(), np.where(scaler.scale_ > 0, scaler.scale_, 1.0).tolist()
+    probe.coef, probe.intercept = classifier.coef_[0].tolist(), float(classifier.intercept_[0])
+    return probe
+
+
+def train_probe(data: TrainingSet, proxy: str, layers: int, heads: int, pooling: str = "last",
+                c: float | None = None, select: bool = False, embedding_model: str | None = None) -> SentinelProbe:
+    """Settings chosen by cross-validation over the training questions (``c``
+    when None; with ``select``, how many attention features to keep), then
+    one fit on all of them. The choice is recorded in ``probe.training``."""
+    x = log_features(data.attention)
+    k, cv_auc = None, None
+    if len(set(data.groups)) >= 2 and (c is None or select):
+        chosen_c, k, cv_auc = choose_settings(x, data.labels, data.groups, data.similarity, select)
+        c = chosen_c if c is None else c
+    c = 1.0 if c is None else c
+    selected = ranked_features(x, data.labels)[:k] if k is not None else None
+    probe = fit_probe(data, proxy, layers, heads, pooling, c, selected, embedding_model)
+    probe.training = {"c": c, "selected_features": len(selected) if selected is not None else probe.attention_width,
+                      "cv_auc": cv_auc}
+    return probe
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -115,25 +185,39 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def train_sentinel(questions: Sequence[HotpotQuestion], held_out: Sequence[HotpotQuestion], proxy: str,
-                   out: str | Path, device: str | None = None, c: float | None = None, progress: bool = False) -> dict:
+                   out: str | Path, device: str | None = None, c: float | None = None, pooling: str = "last",
+                   features: str = "attention", select: bool = False, complete_only: bool = True,
+                   embedding_model: str = DEFAULT_ENCODER, progress: bool = False) -> dict:
     """``c``: the logistic regression's inverse regularisation; None chooses it
-    by cross-validation over training questions."""
+    by cross-validation over training questions. ``complete_only``: learn only
+    from questions whose every supporting sentence is in their context (in the
+    others a needed sentence is missing, and the probe would learn that the
+    context holds nothing relevant)."""
     from ragline.engine.lm.causal_lm import load_causal_lm
+    from ragline.engine.lm.encoders import load_sentence_encoder
     from ragline.engine.lm.packaged import canonical_model_id
 
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    if features not in FEATURE_SETS:
+        raise ConfigError(f"unknown features {features!r}; use one of {', '.join(FEATURE_SETS)}")
+    if complete_only:
+        questions = [q for q in questions if q.evidence_complete]
+        held_out = [q for q in held_out if q.evidence_complete]
     model, tokenizer = load_causal_lm(proxy, device=device, dtype="float32")
-    features = AttentionFeatures(model, tokenizer)
-    x, y, groups = extract(questions, features, progress)
-    if c is None:
-        c = choose_c(log_features(x), y, groups) if len(set(groups)) >= 2 else 1.0
-    probe = fit_probe(x, y, canonical_model_id(proxy), features.layers, features.heads, c)
-    summary = {"train_questions": len(questions), "train_sentences": int(len(y)), "train_positives": int(y.sum()),
-               "train_auc": auc(probe.probabilities(x), y)}
+    reader = AttentionFeatures(model, tokenizer)
+    encoder = load_sentence_encoder(embedding_model, device) if features == "attention+embedding" else None
+    data = extract(questions, reader, pooling, encoder, progress)
+    probe = train_probe(data, canonical_model_id(proxy), reader.layers, reader.heads, pooling, c, select,
+                        embedding_model)
+    summary = {"train_questions": len(questions), "train_sentences": int(len(data.labels)),
+               "train_positives": int(data.labels.sum()),
+               "train_auc": auc(probe.probabilities(data.attention, data.similarity), data.labels)}
     if held_out:
-        x_test, y_test, _ = extract(held_out, features, progress)
-        summary.update(test_questions=len(held_out), test_sentences=int(len(y_test)),
-                       test_auc=auc(probe.probabilities(x_test), y_test),
-                       test_auc_raw_attention=auc(x_test.mean(axis=1), y_test))
-    probe.training = {"data": "hotpotqa", "c": c, **summary}
+        test = extract(held_out, reader, pooling, encoder, progress)
+        summary.update(test_questions=len(held_out), test_sentences=int(len(test.labels)),
+                       test_auc=auc(probe.probabilities(test.attention, test.similarity), test.labels),
+                       test_auc_raw_attention=auc(test.attention.mean(axis=1), test.labels))
+    probe.training = {"data": "hotpotqa", "complete_only": complete_only, **probe.training, **summary}
     probe.save(out)
     return summary

@@ -127,11 +127,22 @@ def _run_and_score(questions: Sequence[HotpotQuestion], queries: list[Query], pi
     rows = []
     with tqdm(total=len(queries), desc="QA", unit="question", disable=not progress) as bar:
         for start, batch in _run_batches(pipeline, queries, step):
-            for question, query in zip(questions[start: start + step], batch):
-                row = _score(question, query)
-                row["answer_nll"] = _answer_nll(generator, query, question.answer)
-                rows.append(row)
-                bar.update()
+            rows.extend(score_queries(questions[start: start + step], batch, generator)[0])
+            bar.update(len(batch))
+    return rows, summarize(rows)
+
+
+def score_queries(questions: Sequence[HotpotQuestion], queries: Sequence[Query],
+                  scorer=None) -> tuple[list[dict], dict]:
+    """Rows and summary for queries a pipeline has already run, one per
+    question, in order. ``scorer``: a ``generate`` stage that scores the gold
+    answer after each query's context (``answer_nll``) without generating —
+    to compare contexts (compressors) by likelihood alone."""
+    rows = []
+    for question, query in zip(questions, queries, strict=True):
+        row = _score(question, query)
+        row["answer_nll"] = _answer_nll(scorer, query, question.answer)
+        rows.append(row)
     return rows, summarize(rows)
 
 

@@ -156,13 +156,86 @@ def test_train_sentinel_writes_a_probe_the_stage_loads(tiny_lm, hotpotqa_path, t
     from ragline.compressors.sentinel_training import train_sentinel
     from ragline.engine.data.hotpotqa import read_hotpotqa
 
-    questions = [q for q in read_hotpotqa(hotpotqa_path, limit=40) if q.evidence_complete][:4]
+    questions = [q for q in read_hotpotqa(hotpotqa_path, limit=40) if q.supporting]
+    complete = [q for q in questions if q.evidence_complete]
+    in_training = sum(q.evidence_complete for q in questions[:12])
+    assert 0 < in_training < 12
     out = tmp_path / "sentinel.json"
-    summary = train_sentinel(questions[:3], questions[3:], tiny_lm, out, device="cpu")
+    summary = train_sentinel(questions[:12], complete[-1:], tiny_lm, out, device="cpu")
+    assert summary["train_questions"] == in_training  # only those whose evidence is all there
     assert summary["train_positives"] > 0 and summary["train_sentences"] > 20
     assert 0.0 <= summary["test_auc"] <= 1.0
     stage = Sentinel(probe=str(out), ratio=0.5, device="cpu", tokenizer=tiny_lm)
     assert Pipeline([stage]).run([query_with(passages())])[0].context
+
+
+def test_the_question_tokens_read_the_context_too_in_the_same_forward(tiny_lm):
+    from ragline.compressors.attention_features import AttentionFeatures
+    from ragline.engine.lm.causal_lm import load_causal_lm
+
+    model, tokenizer = load_causal_lm(tiny_lm, device="cpu", dtype="float32")
+    reader = AttentionFeatures(model, tokenizer)
+    units = sentence_units(passages())
+    last = reader("What is the capital of France?", passages(), units, "last")
+    over_question = reader("What is the capital of France?", passages(), units, "question")
+    both = reader("What is the capital of France?", passages(), units, "last+question")
+    width = reader.layers * reader.heads
+    assert last.shape == over_question.shape == (len(units), width) and both.shape == (len(units), 2 * width)
+    assert np.allclose(both[:, :width], last) and np.allclose(both[:, width:], over_question)
+    assert not np.allclose(last, over_question)
+    # Each reading is a share of the context's attention times its length: it averages 1 per token.
+    lengths = np.asarray([len(tokenizer(u.text, add_special_tokens=False).input_ids) for u in units])
+    assert np.allclose((over_question * lengths[:, None]).sum(axis=0) / lengths.sum(), 1.0, atol=0.05)
+    with pytest.raises(ValueError, match="pooling"):
+        reader("Q?", passages(), units, "first")
+
+
+def test_a_probe_of_chosen_heads_with_the_embedding_feature_runs_and_is_checked(tiny_lm, tmp_path):
+    from ragline.compressors.sentinel import Sentinel, SentinelProbe
+
+    # The tiny model has 2 layers × 4 heads; question pooling; 3 chosen features + the similarity.
+    probe = SentinelProbe(proxy=tiny_lm, layers=2, heads=4, mean=[0.0] * 4, scale=[1.0] * 4,
+                          coef=[0.0, 0.0, 0.0, 5.0], intercept=0.0, pooling="question", selected=[0, 3, 5],
+                          features="attention+embedding", embedding_model="sentence-transformers/all-MiniLM-L6-v2")
+    path = tmp_path / "probe.json"
+    probe.save(path)
+    stage = Sentinel(probe=str(path), budget=12, device="cpu")  # budget in SmolLM2's tokens, as the embedding test
+    query = Pipeline([stage]).run([query_with(passages())])[0]
+    # Only the similarity weighs: the sentence the encoder finds closest is kept.
+    assert "Paris is the capital of France." in query.context and "Bananas" not in query.context
+    assert Sentinel(**stage.to_config()).to_config() == stage.to_config()
+
+    with pytest.raises(ConfigError, match="trained on attention\\+embedding features, not attention"):
+        Sentinel(probe=str(path), features="attention", device="cpu", tokenizer=tiny_lm).warm_up()
+    with pytest.raises(ConfigError, match="needs a trained probe"):
+        Sentinel(features="attention+embedding")
+    with pytest.raises(ConfigError, match="features must be one of"):
+        Sentinel(features="attention+bm25")
+    data = json.loads(path.read_text())
+    for change, message in (({"selected": [0, 8, 1]}, "outside the 8 attention features"),
+                            ({"features": "attention"}, "vector sizes"),
+                            ({"pooling": "last+question", "selected": None}, "vector sizes"),
+                            ({"pooling": "middle"}, "unknown pooling")):
+        broken = tmp_path / "broken.json"
+        broken.write_text(json.dumps({**data, **change}))
+        with pytest.raises(InputError, match=message):
+            SentinelProbe.load(broken)
+
+
+def test_head_selection_ranks_the_informative_features_first_and_cross_validates_how_many():
+    from ragline.compressors.sentinel_training import TrainingSet, ranked_features, train_probe
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 1200)
+    attention = rng.lognormal(size=(1200, 16)).astype(np.float32)
+    attention[:, 11] *= np.exp(1.5 * labels)  # two heads that attend more to supporting sentences
+    attention[:, 4] *= np.exp(-1.0 * labels)  # ...and one that attends less: informative too
+    groups = np.repeat(np.arange(40), 30)
+    assert list(ranked_features(np.log(attention), labels)[:2]) == [11, 4]
+    probe = train_probe(TrainingSet(attention, labels, groups), "m", layers=4, heads=4, select=True)
+    assert probe.selected is not None and probe.selected[:2] == [11, 4] and len(probe.selected) < 16
+    assert probe.training["selected_features"] == len(probe.selected) and probe.training["cv_auc"] > 0.75
+    assert len(probe.coef) == len(probe.selected)
 
 
 def test_attention_rag_top_k_keeps_the_sentences_of_the_top_tokens(tiny_lm):
@@ -204,11 +277,16 @@ def test_train_sentinel_command_reports_held_out_auc(tiny_lm, hotpotqa_path, tmp
 
     out = tmp_path / "probe.json"
     result = subprocess.run([sys.executable, "-m", "ragline.cli", "train", "sentinel", "--data",
-                             str(hotpotqa_path), "--proxy", tiny_lm, "--out", str(out), "--limit", "4",
-                             "--test-limit", "3", "--device", "cpu"], capture_output=True, text=True, timeout=600)
+                             str(hotpotqa_path), "--proxy", tiny_lm, "--out", str(out), "--limit", "6",
+                             "--test-limit", "3", "--device", "cpu", "--pooling", "last+question", "--features",
+                             "attention+embedding", "--select"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "held out: 3 questions, AUC" in " ".join(result.stdout.split())  # rich wraps long lines
-    assert json.loads(out.read_text())["training"]["test_questions"] == 3
+    probe = json.loads(out.read_text())
+    assert probe["training"]["test_questions"] == 3 and probe["training"]["train_questions"] == 6
+    assert probe["pooling"] == "last+question" and probe["features"] == "attention+embedding"
+    kept = probe["training"]["selected_features"]  # chosen by cross-validation: may be all 2 × 4 × 2
+    assert len(probe["coef"]) == kept + 1 and kept == (len(probe["selected"]) if probe["selected"] else 16)
 
 
 def test_packing_keeps_order_and_gives_an_overlong_item_its_own_chunk():

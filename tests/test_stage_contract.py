@@ -79,6 +79,7 @@ SPECIAL = {
     ("attention_rag", "cue"): "question",
     ("attention_rag", "read"): "generated",
     ("sentinel", "backend"): "torch",
+    ("sentinel", "features"): "attention+embedding",
     ("attention_rag", "backend"): "torch",
     ("attention_sort", "backend"): "torch",
     ("icr", "backend"): "torch",
