@@ -48,9 +48,10 @@ class Generate(Stage):
         ``gpu_memory_utilization``, ``max_model_len`` (vllm); ``url``, ``timeout``,
         ``retries``, ``concurrency``, ``api_key_env`` (http).
 
-        ``kv_reuse`` (hf backend): ``none``, ``full``, ``block`` or ``sink``
-        (see ``generators/kv_reuse/passage_reuse.py``); ``kv_options``: ``sink_tokens``,
-        ``memory_bytes``, ``directory`` (the on-disk tier), ``shift``.
+        ``kv_reuse`` (hf backend): ``none``, ``full``, ``block``, ``sink`` or
+        ``blend`` (see ``generators/kv_reuse/passage_reuse.py``); ``kv_options``:
+        ``sink_tokens``, ``memory_bytes``, ``directory`` (the on-disk tier),
+        ``shift``, ``layout_bytes``, ``blend_fraction``, ``blend_check_layer``.
 
         ``stable_prefix``: show the passages in a canonical order (by id)
         instead of rank order, so that prompts over the same passages share

@@ -282,3 +282,24 @@ def test_cached_blocks_are_exact_on_gemma3_across_the_sliding_window(gemma3):
     logits = final_block_logits(model, assemble_cache(model, [prefill_block(model, b) for b in blocks]), final)
     # fp32 logits reach ~25 in magnitude here; the two paths differ by < 1e-4.
     assert (logits - windowed_block_logits(model, blocks, final)).abs().max() <= 5e-4
+
+
+@pytest.mark.slow
+def test_a_full_blend_equals_a_full_prefill_on_gemma3_across_the_sliding_window(gemma3):
+    """CacheBlend at fraction 1 recomputes every token over the block layout:
+    with sliding windows shorter than the context, the real model's answer
+    logits are those of a plain forward."""
+    from ragline.generators.kv_reuse.block_attention import final_block_logits, prefill_block, rotary_frequencies
+    from ragline.generators.kv_reuse.block_layout import lay_out
+    from ragline.generators.kv_reuse.cache_blend import blend
+
+    model, tokenizer = gemma3
+    ids = long_prompt(tokenizer)[0].tolist()
+    blocks, final = [ids[:200], ids[200:420], ids[420:-16]], ids[-16:]
+    layout = lay_out([prefill_block(model, b) for b in blocks], rotary_frequencies(model), room=32)
+    blended = blend(model, layout, ids[:-16], fraction=1.0)
+    with blended.open_cache(model.config) as cache:
+        logits = final_block_logits(model, cache, final)
+    with torch.no_grad():
+        plain = model(input_ids=torch.tensor([ids])).logits[0, -16:].float()
+    assert (logits - plain).abs().max() <= 5e-4

@@ -36,6 +36,9 @@ class BlockLayout:
     length: int  # the blocks' positions; the rest of the capacity is room
     copy_seconds: float = 0.0
     rotation_seconds: float = 0.0
+    #: A blended layout's recomputed context positions and the time it took (``cache_blend``).
+    recomputed: list[int] = field(default_factory=list)
+    blend_seconds: float = 0.0
     _room_in_use: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

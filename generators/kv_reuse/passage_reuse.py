@@ -14,7 +14,12 @@ Modes (the generate stage's ``kv_reuse``):
   after the first ``sink_tokens`` tokens of the shared prefix (default: all
   of it), which it attends to and which are not stored; the sink is the same
   for every block, so reuse is unchanged. The knob trades prefill cost per
-  miss (sink + block tokens) against fidelity.
+  miss (sink + block tokens) against fidelity;
+- ``blend``: CacheBlend (``cache_blend``): the block layout with a fraction
+  (``blend_fraction``, default 0.15) of its tokens — those whose cached
+  values deviate most at ``blend_check_layer`` — recomputed attending to
+  every block. The blended layout is kept like a block layout and serves
+  every question over the same blocks in the same order.
 
 Cache entries are keyed by model id and the exact token ids (with the sink's,
 in ``sink`` mode). The assembled layout of a prompt's blocks (copied into one
@@ -40,11 +45,12 @@ from ragline.generators.kv_reuse.block_attention import prefill_block, rotary_fr
 from ragline.generators.kv_reuse.block_layout import BlockLayout, lay_out
 from ragline.generators.kv_reuse.block_prompt import BlockPrompt, block_prompt
 from ragline.generators.kv_reuse.block_store import BlockStore
+from ragline.generators.kv_reuse.cache_blend import blend, check_blend_settings
 from ragline.generators.kv_reuse.layout_store import LayoutStore
 
 log = logging.getLogger(__name__)
 
-KV_REUSE_MODES = ("none", "full", "block", "sink")
+KV_REUSE_MODES = ("none", "full", "block", "sink", "blend")
 # Room left after a layout's blocks for a question and its answer: enough for
 # most, so that the next question over the same blocks fits too.
 LAYOUT_ROOM = 256
@@ -53,9 +59,10 @@ LAYOUT_ROOM = 256
 class PassageKVReuse:
     def __init__(self, generator, mode: str = "block", sink_tokens: int | None = None,
                  memory_bytes: int = 2 << 30, directory: str | None = None, shift: str = "auto",
-                 layout_bytes: int = 1 << 30):
+                 layout_bytes: int = 1 << 30, blend_fraction: float = 0.15, blend_check_layer: int = 1):
         if mode not in KV_REUSE_MODES[1:]:
             raise ConfigError(f"kv_reuse must be one of {', '.join(KV_REUSE_MODES)}; got {mode!r}")
+        check_blend_settings(blend_fraction, blend_check_layer)
         if sink_tokens is not None and sink_tokens < 0:
             raise ConfigError("sink_tokens must be >= 0")
         if layout_bytes < 0:
@@ -67,6 +74,8 @@ class PassageKVReuse:
         self.directory = directory
         self.shift_name = shift
         self.layout_bytes = layout_bytes
+        self.blend_fraction = blend_fraction
+        self.blend_check_layer = blend_check_layer
         self.store: BlockStore | None = None
         self.layouts: LayoutStore | None = None
         self._inv_freq = None
@@ -108,9 +117,12 @@ class PassageKVReuse:
                 generation.ttft += assembled - started
             stats = {key: self.store.stats[key] - before[key] for key in before}
             rotation = 0.0 if layout is None or reused else layout.rotation_seconds
+            blend_s = 0.0 if layout is None or reused else layout.blend_seconds
             stats.update(kv_reuse=self.mode, cached_tokens=prompt.cached_tokens, prefilled_tokens=len(prompt.final),
                          cache_bytes=self.store.bytes_held, layout_reused=reused, prompt_s=prompted - started,
-                         layout_s=assembled - prompted - rotation, rotation_s=rotation)
+                         layout_s=assembled - prompted - rotation - blend_s, rotation_s=rotation)
+            if self.mode == "blend" and layout is not None:
+                stats.update(recomputed_tokens=len(layout.recomputed), blend_s=blend_s)
         if kept is not None:
             stats["context"] = self.generator.tokenizer.decode(
                 [t for i in range(len(prompt.blocks)) for t in prompt.kept(i)])
@@ -153,6 +165,8 @@ class PassageKVReuse:
             ids = list(with_sink) + list(piece)
             entries.append((self.store.key_of(ids), ids, piece, with_sink, positions))
         layout_key = tuple((key, None if positions is None else tuple(positions)) for key, *_, positions in entries)
+        if self.mode == "blend":
+            layout_key += (("blend", self.blend_fraction, self.blend_check_layer),)
         layout = self.layouts.get(layout_key)
         if layout is not None:
             self.store.served_by_layout([key for key, *_ in entries])
@@ -165,6 +179,9 @@ class PassageKVReuse:
                 block = slice_block(block, positions, self._inv_freq, self._shift)
             blocks.append(block)
         layout = lay_out(blocks, self._inv_freq, max(room, LAYOUT_ROOM), self._shift)
+        if self.mode == "blend":
+            layout = blend(model, layout, prompt.all_ids[: layout.length], self.blend_fraction,
+                           self.blend_check_layer)
         self.layouts.put(layout_key, layout)
         return layout, False
 
