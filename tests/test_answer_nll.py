@@ -196,3 +196,25 @@ def test_a_closed_book_answer_is_scored_after_the_prompt_without_passages(tiny_l
     prompt = prompt_ids(tokenizer, generate.prompts.messages(QUESTION, []))
     assert generate.answer_nll(result, "Paris") == pytest.approx(
         hand_nll(model, prompt, answer_ids(tokenizer, "Paris")), abs=1e-5)
+
+
+def test_compressed_contexts_are_scored_by_likelihood_without_generating(tiny_lm, hotpotqa_path):
+    """``score_queries``: contexts a compressor wrote, scored by the gold
+    answer's NLL through a generate stage that never generates — the same
+    value that stage gives after the same context."""
+    from ragline.compressors.baselines import LeadingSentences
+    from ragline.engine.data.hotpotqa import read_hotpotqa
+    from ragline.eval.qa import candidate_pool, score_queries
+
+    questions = [q for q in read_hotpotqa(hotpotqa_path, limit=10) if q.evidence_complete][:2]
+    scorer = Generate(model=tiny_lm, passages=10, max_new_tokens=3, system_prompt="Answer.",
+                      options={"device": "cpu"}, cite=False)
+    compressed = Pipeline([LeadingSentences(budget=40, tokenizer=tiny_lm)]).run([candidate_pool(q) for q in questions])
+    rows, summary = score_queries(questions, compressed, scorer)
+    assert [r["id"] for r in rows] == [q.id for q in questions]
+    assert all(r["prediction"] is None and "f1" not in r for r in rows)  # nothing was generated
+    assert [r["answer_nll"] for r in rows] == [scorer.answer_nll(q, x.answer) for q, x in zip(compressed, questions)]
+    assert summary["answer_nll"] == pytest.approx(sum(r["answer_nll"] for r in rows) / 2)
+    assert all(r["support_recall"] is not None for r in rows) and summary["em"] is None
+    with pytest.raises(ValueError):
+        score_queries(questions, compressed[:1])
