@@ -60,7 +60,8 @@ class SharedReadings:
         self.memo: dict = {}
         self.seconds: list[float] = []
 
-    def __call__(self, question, passages, units, pooling="last"):
+    def __call__(self, question, passages, units, pooling="last", heads=None):
+        # Every head is read once and shared; a probe of chosen heads uses its columns.
         key = (question, tuple(u.text for u in units))
         if key not in self.memo:
             started = time.perf_counter()

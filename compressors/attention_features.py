@@ -58,15 +58,18 @@ class AttentionFeatures:
         self.heads = model.config.num_attention_heads
 
     def __call__(self, question: str, passages: Sequence[Passage], units: Sequence[SentenceUnit],
-                 pooling: str = "last") -> np.ndarray:
-        """(len(units), layers × heads × readings) float32; with ``last+question``
-        the last token's features come first."""
+                 pooling: str = "last", heads: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+        """(len(units), layers × heads × readings) float32, column
+        ``reading × layers × heads + layer × heads + head``; with
+        ``last+question`` the last token's features come first. ``heads``:
+        read only these (layer, head) pairs — the probe kernel computes no
+        other head, and the other columns stay 0."""
         if pooling not in POOLINGS:
             raise ValueError(f"unknown attention pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
         width = self.layers * self.heads
         features = np.zeros((len(units), width * (2 if pooling == "last+question" else 1)), dtype=np.float32)
         for chunk in self._chunks(units) if units else []:
-            last, over_question = self._read(question, passages, [units[i] for i in chunk])
+            last, over_question = self._read(question, passages, [units[i] for i in chunk], heads)
             features[chunk] = {"last": last, "question": over_question,
                                "last+question": np.concatenate([last, over_question], axis=1)}[pooling]
         return features
@@ -76,8 +79,8 @@ class AttentionFeatures:
         # Titles, separators and the question ride on top: a margin of ~10%.
         return pack_in_order(lengths, 0.9 * self.max_context_tokens)
 
-    def _read(self, question: str, passages: Sequence[Passage],
-              units: Sequence[SentenceUnit]) -> tuple[np.ndarray, np.ndarray]:
+    def _read(self, question: str, passages: Sequence[Passage], units: Sequence[SentenceUnit],
+              heads: Sequence[tuple[int, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The last token's and the question tokens' mean features, each
         (len(units), layers × heads)."""
         text, char_ranges, (q_start, q_end) = _layout(question, passages, units)
@@ -94,8 +97,13 @@ class AttentionFeatures:
         positions = [int(p) for p in in_question if p != last] + [last]
         input_ids = torch.tensor([encoded["input_ids"]])
         result = self.probe.run(input_ids, torch.from_numpy(span_ids), num_spans=len(char_ranges),
-                                query_positions=positions)
+                                query_positions=positions, heads=heads)
         shares = result.renormalized().per_token()[:, 0]  # (layers, heads, positions, spans)
+        if heads is not None:  # one row per pair: put each where its head sits
+            placed = shares.new_zeros((self.layers, self.heads, *shares.shape[2:]))
+            for row, (layer, head) in enumerate(heads):
+                placed[layer, head] = shares[row, 0]
+            shares = placed
         context_tokens = float((span_ids >= 0).sum())
         readings = shares[:, :, -1], shares[:, :, :-1].mean(dim=2) if len(positions) > 1 else shares[:, :, -1]
         return tuple((r * context_tokens).permute(2, 0, 1).reshape(len(char_ranges), -1).cpu().numpy()

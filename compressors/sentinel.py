@@ -73,6 +73,14 @@ class SentinelProbe:
         """Length of the attention feature vector the proxy gives."""
         return self.layers * self.heads * (2 if self.pooling == "last+question" else 1)
 
+    def heads_read(self) -> list[tuple[int, int]] | None:
+        """The (layer, head) pairs the selected features come from (None: all),
+        so that the proxy computes only those."""
+        if self.selected is None:
+            return None
+        per_reading = self.layers * self.heads
+        return sorted({divmod(index % per_reading, self.heads) for index in self.selected})
+
     @property
     def uses_embedding(self) -> bool:
         return self.features == "attention+embedding"
@@ -171,7 +179,7 @@ class Sentinel(SentenceCompressor):
         self.warm_up()
         if self.classifier is None:
             return self.features(question, passages, units).mean(axis=1).tolist()
-        attention = self.features(question, passages, units, self.classifier.pooling)
+        attention = self.features(question, passages, units, self.classifier.pooling, self.classifier.heads_read())
         similarity = (question_similarity(self._encoder, question, [u.text for u in units])
                       if self.classifier.uses_embedding else None)
         return self.classifier.probabilities(attention, similarity).tolist()

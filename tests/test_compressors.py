@@ -222,6 +222,30 @@ def test_a_probe_of_chosen_heads_with_the_embedding_feature_runs_and_is_checked(
             SentinelProbe.load(broken)
 
 
+def test_a_probe_of_chosen_heads_makes_the_proxy_compute_only_those(tiny_lm, tmp_path):
+    from ragline.compressors.attention_features import AttentionFeatures
+    from ragline.compressors.sentinel import Sentinel, SentinelProbe
+    from ragline.engine.lm.causal_lm import load_causal_lm
+
+    # 2 layers × 4 heads, both readings: columns 0–7 the last token's, 8–15 the question's.
+    selected = [1, 6, 9, 14]  # (0, 1) and (1, 2) of the last token; (0, 1) and (1, 2) of the question
+    probe = SentinelProbe(proxy=tiny_lm, layers=2, heads=4, mean=[0.1, -0.2, 0.0, 0.3], scale=[1.0, 2.0, 0.5, 1.0],
+                          coef=[1.0, -0.5, 0.25, 2.0], intercept=0.1, pooling="last+question", selected=selected)
+    assert probe.heads_read() == [(0, 1), (1, 2)]
+    model, tokenizer = load_causal_lm(tiny_lm, device="cpu", dtype="float32")
+    reader = AttentionFeatures(model, tokenizer)
+    units = sentence_units(passages())
+    every = reader("What is the capital of France?", passages(), units, "last+question")
+    chosen = reader("What is the capital of France?", passages(), units, "last+question", probe.heads_read())
+    assert np.allclose(chosen[:, selected], every[:, selected], atol=1e-6)
+    assert not chosen[:, [c for c in range(16) if c not in selected]].any()
+    path = tmp_path / "probe.json"
+    probe.save(path)
+    stage = Sentinel(probe=str(path), ratio=0.5, device="cpu", tokenizer=tiny_lm)
+    scores = stage.score_units("What is the capital of France?", passages(), units)
+    assert np.allclose(scores, probe.probabilities(every), atol=1e-6)
+
+
 def test_head_selection_ranks_the_informative_features_first_and_cross_validates_how_many():
     from ragline.compressors.sentinel_training import TrainingSet, ranked_features, train_probe
 
