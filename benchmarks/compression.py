@@ -52,7 +52,9 @@ PROXIES = ("smollm2-135m-instruct", "gemma-3-270m")
 
 class SharedReadings:
     """One proxy forward per (question, context) for every Sentinel variant:
-    both readings are taken once and each variant gets the pooling it asks for."""
+    both readings of every head are taken once and each variant gets the
+    pooling it asks for (a probe of chosen heads alone would compute fewer
+    heads; its scoring time here is that of reading them all)."""
 
     def __init__(self, reader):
         self.reader = reader
@@ -95,14 +97,17 @@ def training_readings(proxy: str, questions, reader, encoder) -> dict:
     similarities, labels; cached on disk per proxy."""
     from tqdm import tqdm
 
+    from ragline.compressors.attention_features import PROMPT_LAYOUT
     from ragline.compressors.baselines import question_similarity
     from ragline.compressors.sentinel_training import labelled_units
 
     path = CACHE / f"{proxy}-train.npz"
     ids = [q.id for q in questions]
+    # What the readings depend on besides the questions: a change of either reads them again.
+    made_by = f"{PROMPT_LAYOUT}|{reader.max_context_tokens}|{getattr(reader.model.config, '_name_or_path', proxy)}"
     if path.exists():
         stored = np.load(path, allow_pickle=False)
-        if list(stored["ids"]) == ids:
+        if list(stored["ids"]) == ids and str(stored.get("made_by", "")) == made_by:
             return {key: stored[key] for key in stored.files}
     readings, similarities, labels, groups = [], [], [], []
     with tqdm(total=len(questions), desc=f"{proxy}: training features", unit="question") as bar:
@@ -115,7 +120,7 @@ def training_readings(proxy: str, questions, reader, encoder) -> dict:
             similarities.append(question_similarity(encoder, question.question, [u.text for u in units]))
             labels.extend(unit_labels)
             groups.extend([number] * len(units))
-    arrays = {"ids": np.asarray(ids), "readings": np.concatenate(readings), "similarity": np.concatenate(similarities),
+    arrays = {"ids": np.asarray(ids), "made_by": np.asarray(made_by), "readings": np.concatenate(readings), "similarity": np.concatenate(similarities),
               "labels": np.asarray(labels), "groups": np.asarray(groups),
               "complete": np.asarray([q.evidence_complete for q in questions])}
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -147,7 +152,7 @@ def train_variants(proxy: str, arrays: dict, layers: int, heads: int, paper_ques
                             DEFAULT_ENCODER if embedding else None)
         probe.training.update(questions=int(len(set(training.groups))), sentences=int(len(training.labels)),
                               positives=int(training.labels.sum()), complete_only=complete_only,
-                              cv_train_auc=auc(probe.probabilities(training.attention, training.similarity),
+                              train_auc=auc(probe.probabilities(training.attention, training.similarity),
                                                training.labels))
         path = CACHE / f"{proxy}-{name}.json"
         probe.save(path)

@@ -34,7 +34,6 @@ from ragline.compressors.sentences import SentenceUnit
 from ragline.engine.artifacts import load_artifact, write_artifact
 from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
-from ragline.engine.lm.encoders import DEFAULT_ENCODER
 from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.settings import PositiveInt
 from ragline.engine.types import Passage
@@ -115,6 +114,10 @@ class SentinelProbe:
             raise InputError(f"{path}: unknown features {probe.features!r} (one of {', '.join(FEATURE_SETS)})")
         if probe.selected is not None and not all(0 <= i < probe.attention_width for i in probe.selected):
             raise InputError(f"{path}: a selected feature lies outside the {probe.attention_width} attention features")
+        if probe.selected is not None and (not probe.selected or len(set(probe.selected)) != len(probe.selected)):
+            raise InputError(f"{path}: 'selected' must name distinct attention features (null for all of them)")
+        if probe.uses_embedding and not probe.embedding_model:
+            raise InputError(f"{path}: a probe on attention+embedding features must name its embedding_model")
         width = (probe.attention_width if probe.selected is None else len(probe.selected)) + probe.uses_embedding
         if not len(probe.mean) == len(probe.scale) == len(probe.coef) == width:
             raise InputError(f"{path}: malformed Sentinel probe (vector sizes do not match "
@@ -127,9 +130,8 @@ class SentinelProbe:
 class Sentinel(SentenceCompressor):
     name = "sentinel"
 
-    def __init__(self, probe: str | None = None, proxy: str | None = None, features: str | None = None,
-                 max_context_tokens: PositiveInt = 4096, device: str | None = None, backend: str = "auto",
-                 **budget):
+    def __init__(self, probe: str | None = None, proxy: str | None = None, max_context_tokens: PositiveInt = 4096,
+                 device: str | None = None, backend: str = "auto", features: str | None = None, **budget):
         """``probe``: a trained probe file (None = raw attention); ``proxy``:
         the proxy LM (default: the probe's own, else SmolLM2-135M-Instruct);
         ``features``: ``attention`` or ``attention+embedding`` — what the probe
@@ -166,7 +168,7 @@ class Sentinel(SentenceCompressor):
         if self.classifier is not None and self.classifier.uses_embedding:
             from ragline.engine.lm.encoders import load_sentence_encoder
 
-            self._encoder = load_sentence_encoder(self.classifier.embedding_model or DEFAULT_ENCODER, self.device)
+            self._encoder = load_sentence_encoder(self.classifier.embedding_model, self.device)
         model, tokenizer = load_causal_lm(proxy, device=self.device, dtype="auto")
         self.features = AttentionFeatures(model, tokenizer, self.max_context_tokens, self.backend)
         if self.classifier is not None:

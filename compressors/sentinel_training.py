@@ -106,12 +106,13 @@ def ranked_features(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def choose_settings(x: np.ndarray, y: np.ndarray, groups: np.ndarray, extra: np.ndarray | None = None,
-                    select: bool = False, folds: int = 5) -> tuple[float, int | None, float]:
+                    select: bool = False, folds: int = 5,
+                    c_grid: Sequence[float] = C_GRID) -> tuple[float, int | None, float | None]:
     """The regularisation, (with ``select``) the number of attention features,
     and their mean AUC: the best over folds of whole questions of the
     training data; the features are ranked on each fold's own training part.
     ``x``: log attention features; ``extra``: columns always kept (the
-    embedding similarity)."""
+    embedding similarity). The AUC is None when no fold holds both labels."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
@@ -121,9 +122,9 @@ def choose_settings(x: np.ndarray, y: np.ndarray, groups: np.ndarray, extra: np.
               if len(set(y[fit])) == 2 and len(set(y[score])) == 2]
     orders = [ranked_features(x[fit], y[fit]) if select else None for fit, _ in splits]
     sizes = [k for k in K_GRID if k is None or k < x.shape[1]] if select else [None]
-    best, best_auc = (C_GRID[-1], None), -1.0
+    best, best_auc = (c_grid[-1], None), None
     for k in sizes:
-        for c in C_GRID:
+        for c in c_grid:
             aucs = []
             for (fit, score), order in zip(splits, orders):
                 columns = order[:k] if k is not None else slice(None)
@@ -131,7 +132,7 @@ def choose_settings(x: np.ndarray, y: np.ndarray, groups: np.ndarray, extra: np.
                 model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
                 model.fit(design[fit], y[fit])
                 aucs.append(auc(model.predict_proba(design[score])[:, 1], y[score]))
-            if aucs and np.mean(aucs) > best_auc:
+            if aucs and (best_auc is None or np.mean(aucs) > best_auc):
                 best, best_auc = (c, k), float(np.mean(aucs))
     return (*best, best_auc)
 
@@ -168,8 +169,8 @@ def train_probe(data: TrainingSet, proxy: str, layers: int, heads: int, pooling:
     x = log_features(data.attention)
     k, cv_auc = None, None
     if len(set(data.groups)) >= 2 and (c is None or select):
-        chosen_c, k, cv_auc = choose_settings(x, data.labels, data.groups, data.similarity, select)
-        c = chosen_c if c is None else c
+        c, k, cv_auc = choose_settings(x, data.labels, data.groups, data.similarity, select,
+                                       c_grid=C_GRID if c is None else (c,))
     c = 1.0 if c is None else c
     selected = ranked_features(x, data.labels)[:k] if k is not None else None
     probe = fit_probe(data, proxy, layers, heads, pooling, c, selected, embedding_model)
@@ -217,7 +218,10 @@ def train_sentinel(questions: Sequence[HotpotQuestion], held_out: Sequence[Hotpo
         test = extract(held_out, reader, pooling, encoder, progress)
         summary.update(test_questions=len(held_out), test_sentences=int(len(test.labels)),
                        test_auc=auc(probe.probabilities(test.attention, test.similarity), test.labels),
-                       test_auc_raw_attention=auc(test.attention.mean(axis=1), test.labels))
+                       # The untrained baseline: the last token's mean attention, as the stage ranks without a probe.
+                       test_auc_raw_attention=auc(test.attention[:, : reader.layers * reader.heads].mean(axis=1)
+                                                  if pooling == "last+question" else test.attention.mean(axis=1),
+                                                  test.labels))
     probe.training = {"data": "hotpotqa", "complete_only": complete_only, **probe.training, **summary}
     probe.save(out)
     return summary

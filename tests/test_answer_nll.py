@@ -214,6 +214,8 @@ def test_compressed_contexts_are_scored_by_likelihood_without_generating(tiny_lm
     assert [r["id"] for r in rows] == [q.id for q in questions]
     assert all(r["prediction"] is None and "f1" not in r for r in rows)  # nothing was generated
     assert [r["answer_nll"] for r in rows] == [scorer.answer_nll(q, x.answer) for q, x in zip(compressed, questions)]
+    full = score_queries(questions, [candidate_pool(q) for q in questions], scorer)[0]
+    assert all(a["answer_nll"] != b["answer_nll"] for a, b in zip(rows, full))  # the compressed context counts
     assert summary["answer_nll"] == pytest.approx(sum(r["answer_nll"] for r in rows) / 2)
     assert all(r["support_recall"] is not None for r in rows) and summary["em"] is None
     with pytest.raises(ValueError):

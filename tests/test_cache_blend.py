@@ -143,9 +143,10 @@ def test_the_chosen_tokens_are_those_whose_values_deviate_most_at_the_check_laye
         assert torch.allclose(value_deviation(model, layout, context, check_layer), expected, atol=1e-6)
     # Layer 0 sees no other token: there blocks and a full prefill agree, and only
     # tokens after the first block are told apart from layer 1 on.
-    assert value_deviation(model, layout, context, 0).max() <= 1e-8
     deviation = value_deviation(model, layout, context, 1)
-    assert deviation[:10].max() <= 1e-8 and deviation[10:].min() > 0
+    scale = deviation.max()
+    assert value_deviation(model, layout, context, 0).max() <= 1e-6 * scale
+    assert deviation[:10].max() <= 1e-6 * scale and deviation[10:].min() > 1e-3 * scale
     chosen = blend(model, layout, context, fraction=0.2, check_layer=1).recomputed
     assert chosen == sorted(deviation.topk(6).indices.tolist())
 
@@ -176,6 +177,7 @@ def test_the_generate_stage_blends_keeps_the_blend_and_equals_full_at_fraction_o
                      kv_options={"blend_fraction": 1.0})
     assert ask(whole).answer.text == ask(full).answer.text
     assert Generate(**stage.to_config()).to_config() == stage.to_config()
-    for bad in ({"blend_fraction": 1.5}, {"blend_fraction": -0.1}, {"blend_check_layer": -1}):
+    for bad in ({"blend_fraction": 1.5}, {"blend_fraction": -0.1}, {"blend_check_layer": 0},
+                {"blend_check_layer": 1.5}):
         with pytest.raises(ConfigError, match="blend_"):
             Generate(model=tiny_lm, kv_reuse="blend", kv_options=bad, options=options).warm_up()

@@ -215,7 +215,10 @@ def test_a_probe_of_chosen_heads_with_the_embedding_feature_runs_and_is_checked(
     for change, message in (({"selected": [0, 8, 1]}, "outside the 8 attention features"),
                             ({"features": "attention"}, "vector sizes"),
                             ({"pooling": "last+question", "selected": None}, "vector sizes"),
-                            ({"pooling": "middle"}, "unknown pooling")):
+                            ({"pooling": "middle"}, "unknown pooling"),
+                            ({"selected": [], "mean": [0.0], "scale": [1.0], "coef": [1.0]}, "distinct"),
+                            ({"selected": [0, 0, 5]}, "distinct"),
+                            ({"embedding_model": None}, "must name its embedding_model")):
         broken = tmp_path / "broken.json"
         broken.write_text(json.dumps({**data, **change}))
         with pytest.raises(InputError, match=message):
@@ -242,7 +245,12 @@ def test_a_probe_of_chosen_heads_makes_the_proxy_compute_only_those(tiny_lm, tmp
     path = tmp_path / "probe.json"
     probe.save(path)
     stage = Sentinel(probe=str(path), ratio=0.5, device="cpu", tokenizer=tiny_lm)
+    stage.warm_up()
+    asked = []
+    run = stage.features.probe.run
+    stage.features.probe.run = lambda *args, **kwargs: asked.append(kwargs.get("heads")) or run(*args, **kwargs)
     scores = stage.score_units("What is the capital of France?", passages(), units)
+    assert asked == [[(0, 1), (1, 2)]]  # the kernel was asked for those two heads alone
     assert np.allclose(scores, probe.probabilities(every), atol=1e-6)
 
 

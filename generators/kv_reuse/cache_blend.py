@@ -40,11 +40,17 @@ from ragline.generators.kv_reuse.block_layout import BlockLayout
 MASK_PER_LAYER_TYPE = ("gemma3_text", "qwen2", "qwen3")
 
 
+# The recompute passes its own mask: a boolean one (SDPA) or an additive one (eager).
+MASKED_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
 def check_blend_settings(fraction: float, check_layer: int) -> None:
-    if not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"blend_fraction is the share of context tokens recomputed, in [0, 1]; got {fraction}")
-    if check_layer < 0:
-        raise ConfigError(f"blend_check_layer must be >= 0; got {check_layer}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"blend_fraction is the share of context tokens recomputed, in [0, 1]; got {fraction!r}")
+    # Layer 0 sees no other token: blocks and a full prefill agree there, and
+    # a selection at it would rank float noise.
+    if isinstance(check_layer, bool) or not isinstance(check_layer, int) or check_layer < 1:
+        raise ConfigError(f"blend_check_layer must be a layer index >= 1; got {check_layer!r}")
 
 
 @torch.inference_mode()
@@ -56,9 +62,13 @@ def blend(model, layout: BlockLayout, context_ids: Sequence[int], fraction: floa
     if len(context_ids) != length:
         raise ValueError(f"{len(context_ids)} context ids for a layout of {length} positions")
     count = round(fraction * length)
-    if count == 0:
+    if count == 0:  # nothing to recompute: the block layout as it is
         return layout
+    implementation = model.config._attn_implementation
+    if implementation not in MASKED_IMPLEMENTATIONS:
+        raise ConfigError(f"kv_reuse blend needs the sdpa or eager attention implementation, not {implementation!r}")
     started = time.perf_counter()
+    # A check layer past the model's last is its last.
     check_layer = min(check_layer, model.config.num_hidden_layers - 1)
     if count >= length:
         chosen = torch.arange(length, device=model.device)
@@ -68,6 +78,8 @@ def blend(model, layout: BlockLayout, context_ids: Sequence[int], fraction: floa
     blended = BlockLayout([k.clone() for k in layout.keys], [v.clone() for v in layout.values], layout.length,
                           recomputed=chosen.tolist())
     _recompute(model, blended, context_ids, chosen)
+    if blended.keys[0].is_cuda:  # the recompute runs asynchronously there
+        torch.cuda.synchronize(blended.keys[0].device)
     blended.blend_seconds = time.perf_counter() - started
     return blended
 
