@@ -131,14 +131,12 @@ def remove_stale_temporaries(path: Path) -> None:
         if not candidate.is_dir():
             continue
         try:
-            fd = os.open(candidate, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
+            fd = _lock_if_abandoned(candidate)
+        except OSError:  # cannot be locked at all: left as it is
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if fd is None:
             continue  # a live build holds it
-        else:
+        try:
             stranded = candidate / "previous"
             if not path.exists() and stranded.is_dir():
                 log.warning("restoring %s from %s, left by an interrupted build", path, stranded)
@@ -154,16 +152,11 @@ def _claim_abandoned(path: Path, accept: Callable[[Path], bool]) -> tuple[Path, 
     ``accept`` takes, locked by this process; or None."""
     candidates = [p for p in path.parent.glob(f".{path.name}.building-*") if p.is_dir()]
     for candidate in sorted(candidates, key=lambda p: p.stat().st_mtime_ns, reverse=True):
-        try:
-            lock = os.open(candidate, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            accepted = accept(candidate)
-        except BlockingIOError:
-            os.close(lock)
+        lock = _lock_if_abandoned(candidate)
+        if lock is None:
             continue  # a live build holds it
+        try:
+            accepted = accept(candidate)
         except BaseException:
             os.close(lock)
             raise
@@ -172,6 +165,25 @@ def _claim_abandoned(path: Path, accept: Callable[[Path], bool]) -> tuple[Path, 
             return candidate, lock
         os.close(lock)
     return None
+
+
+def _lock_if_abandoned(folder: Path) -> int | None:
+    """A descriptor of ``folder`` holding its exclusive lock, or None when it
+    cannot be opened or a live build holds the lock (its builder locks it for
+    as long as it runs). Other lock errors are raised, the folder closed."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def check_replaceable(path: Path, kind: str, recognise: Callable[[Path], bool] | None = None) -> None:
