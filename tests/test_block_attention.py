@@ -7,6 +7,7 @@ import importlib.util
 
 import pytest
 import torch
+from tiny_causal_lms import masked_logits, passages, query, random_blocks, tiny_model
 
 from ragline.engine.errors import ConfigError, RaglineError
 from ragline.generators.kv_reuse.block_attention import (
@@ -19,48 +20,6 @@ from ragline.generators.kv_reuse.block_attention import (
 from ragline.kernels.rope_shift import rope_shift_reference
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-
-
-def tiny_model(kind: str):
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    configs = {
-        "llama": lambda: LlamaConfig(**common),
-        "qwen2": lambda: Qwen2Config(**common),
-        "llama3-scaled": lambda: LlamaConfig(**common, rope_parameters={
-            "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-        "linear-scaled": lambda: LlamaConfig(**common, rope_parameters={
-            "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
-    }
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(configs[kind](), attn_implementation="sdpa").eval()
-
-
-def block_diagonal_mask(block_lengths, final_length) -> torch.Tensor:
-    """Each block sees itself (causally); the final part sees everything before it."""
-    total = sum(block_lengths) + final_length
-    mask = torch.zeros(total, total, dtype=torch.bool)
-    start = 0
-    for length in block_lengths:
-        mask[start:start + length, start:start + length] = torch.ones(length, length, dtype=torch.bool).tril()
-        start += length
-    mask[start:] = torch.ones(total, total, dtype=torch.bool).tril()[start:]
-    return mask
-
-
-def masked_logits(model, blocks, final):
-    ids = [t for b in blocks for t in b] + list(final)
-    mask = block_diagonal_mask([len(b) for b in blocks], len(final))
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([ids]), attention_mask=mask[None, None]).logits[0].float()
-
-
-def random_blocks(lengths, vocab=128, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "llama3-scaled", "linear-scaled"])
@@ -191,20 +150,6 @@ def test_disk_tier_survives_a_restart_and_discards_corrupt_or_foreign_entries(tm
 
 
 # -- the generate stage -----------------------------------------------------------------------------
-
-def passages():
-    from ragline.engine.types import Passage
-
-    return [Passage("a", "a", "Paris is the capital of France.", "Paris"),
-            Passage("b", "b", "Bananas are yellow.", "Bananas"),
-            Passage("c", "c", "The Seine flows through Paris.", "Seine")]
-
-
-def query(passage_list, text="What is the capital of France?"):
-    from ragline.engine.index.docstore import query_over
-
-    return query_over("q", text, passage_list)
-
 
 def test_generate_stage_in_block_mode_answers_as_the_block_diagonal_forward_and_reuses(tiny_lm):
     from ragline.engine.pipeline import Pipeline

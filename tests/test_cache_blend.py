@@ -6,35 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_causal_lms import random_blocks, tiny_model
 
 from ragline.engine.errors import ConfigError
 from ragline.generators.kv_reuse.block_attention import final_block_logits, prefill_block, rotary_frequencies
 from ragline.generators.kv_reuse.block_layout import lay_out
 from ragline.generators.kv_reuse.cache_blend import blend, value_deviation
-
-
-def tiny_model(kind: str):
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config
-
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    configs = {
-        "llama": lambda: LlamaConfig(**common),
-        "qwen2": lambda: Qwen2Config(**common),
-        # Sliding and global layers, a window shorter than the context.
-        "gemma3": lambda: Gemma3TextConfig(
-            **common, head_dim=16, sliding_window=8, query_pre_attn_scalar=24,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-                             "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0}}),
-    }
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(configs[kind](), attn_implementation="sdpa").eval()
-
-
-def random_ids(lengths, vocab=128, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
 def block_layout(model, blocks):
@@ -85,7 +62,7 @@ def spelled_out_logits(model, blocks, chosen, final):
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
 def test_fraction_one_equals_a_full_prefill(kind):
     model = tiny_model(kind)
-    *blocks, final = random_ids([9, 14, 11, 6])
+    *blocks, final = random_blocks([9, 14, 11, 6])
     context = [t for b in blocks for t in b]
     blended = blend(model, block_layout(model, blocks), context, fraction=1.0)
     assert blended.recomputed == list(range(len(context)))
@@ -97,7 +74,7 @@ def test_fraction_one_equals_a_full_prefill(kind):
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 def test_fraction_zero_is_block_attention_itself(kind):
     model = tiny_model(kind)
-    *blocks, final = random_ids([9, 14, 11, 6])
+    *blocks, final = random_blocks([9, 14, 11, 6])
     layout = block_layout(model, blocks)
     blended = blend(model, layout, [t for b in blocks for t in b], fraction=0.0)
     assert blended is layout and blended.recomputed == []
@@ -107,7 +84,7 @@ def test_fraction_zero_is_block_attention_itself(kind):
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
 def test_a_partial_blend_recomputes_exactly_the_chosen_tokens(kind):
     model = tiny_model(kind)
-    *blocks, final = random_ids([9, 14, 11, 6], seed=3)
+    *blocks, final = random_blocks([9, 14, 11, 6], seed=3)
     context = [t for b in blocks for t in b]
     layout = block_layout(model, blocks)
     before = [k[..., :layout.length, :].clone() for k in layout.keys]
@@ -131,7 +108,7 @@ def test_the_chosen_tokens_are_those_whose_values_deviate_most_at_the_check_laye
     from transformers import DynamicCache
 
     model = tiny_model("llama")
-    blocks = random_ids([10, 10, 10], seed=5)
+    blocks = random_blocks([10, 10, 10], seed=5)
     context = [t for b in blocks for t in b]
     layout = block_layout(model, blocks)
     cache = DynamicCache()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_causal_lms import random_blocks, tiny_model
 
 from ragline.engine.index.docstore import MemoryStore
 from ragline.engine.lm.attention_probe import AttentionProbe, span_ids_from_ranges
@@ -161,21 +162,6 @@ def test_the_generate_stage_answers_from_cached_passage_blocks(gemma3):
 
 # -- block attention: per-layer RoPE bases and sliding windows ----------------------------------------
 
-def tiny_gemma3(window: int = 8):
-    """Sliding and global layers with Gemma 3's two RoPE bases, and a window
-    far shorter than the blocks."""
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig
-
-    config = Gemma3TextConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=window,
-        query_pre_attn_scalar=24, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-                         "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0}})
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
-
-
 def windowed_block_logits(model, blocks, final) -> torch.Tensor:
     """One forward over every token, each block seeing only itself and the final
     part everything before it, contiguous positions; sliding layers also see
@@ -196,16 +182,11 @@ def windowed_block_logits(model, blocks, final) -> torch.Tensor:
     return logits[0].float()
 
 
-def random_ids(lengths, vocab=128, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
-
-
 def test_one_cached_block_longer_than_the_window_equals_a_plain_forward():
     from ragline.generators.kv_reuse.block_attention import assemble_cache, final_block_logits, prefill_block
 
-    model = tiny_gemma3()
-    block, final = random_ids([19, 6])
+    model = tiny_model("gemma3")
+    block, final = random_blocks([19, 6])
     cached = prefill_block(model, block)
     assert [keys.shape[-2] for keys in cached.keys] == [19, 19, 19]  # sliding layers keep every key too
     logits = final_block_logits(model, assemble_cache(model, [cached]), final)
@@ -222,8 +203,8 @@ def test_several_cached_blocks_equal_the_windowed_block_diagonal_forward():
         prefill_block,
     )
 
-    model = tiny_gemma3()
-    *blocks, final = random_ids([7, 12, 9, 5, 6])
+    model = tiny_model("gemma3")
+    *blocks, final = random_blocks([7, 12, 9, 5, 6])
     logits = final_block_logits(model, assemble_cache(model, [prefill_block(model, b) for b in blocks]), final)
     assert (logits - windowed_block_logits(model, blocks, final)).abs().max() <= 1e-4
 
@@ -242,10 +223,10 @@ def test_each_layer_moves_its_keys_with_its_own_rope_base():
     from ragline.generators.kv_reuse.rope_bases import layer_frequencies
     from ragline.kernels.rope_shift import rope_shift_reference
 
-    model = tiny_gemma3()
+    model = tiny_model("gemma3")
     inv_freq = rotary_frequencies(model)
     assert inv_freq.shape == (3, 8) and not torch.equal(inv_freq[0], inv_freq[1])
-    (ids,) = random_ids([10])
+    (ids,) = random_blocks([10])
     cached = prefill_block(model, ids)
     shifted = DynamicCache()  # the same tokens run at positions 40..49: only RoPE differs
     with torch.no_grad():
@@ -263,7 +244,7 @@ def test_a_layer_type_whose_rope_cannot_be_shifted_is_refused():
     from ragline.engine.errors import RaglineError
     from ragline.generators.kv_reuse.block_attention import rotary_frequencies
 
-    config = tiny_gemma3().config
+    config = tiny_model("gemma3").config
     config.rope_parameters["full_attention"] = {"rope_type": "dynamic", "rope_theta": 1_000_000.0, "factor": 2.0}
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(RaglineError, match="'dynamic' of the full_attention layers"):

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import torch
+from tiny_causal_lms import masked_logits, passages, query, random_blocks, tiny_model
 
 from ragline.engine.lm.prompts import PromptBuilder
 from ragline.generators.kv_reuse.block_attention import (
@@ -23,57 +24,6 @@ from ragline.generators.kv_reuse.block_prompt import block_prompt
 from ragline.generators.kv_reuse.layout_store import LayoutStore
 from ragline.generators.kv_reuse.passage_reuse import PassageKVReuse
 from ragline.kernels.rope_shift import rope_shift_in_place, rope_shift_reference, rope_tables
-
-
-# Test modules are imported one by one (--import-mode=importlib), so the few
-# helpers shared with test_block_attention.py are repeated here.
-def tiny_model(kind: str):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    configs = {
-        "llama": lambda: LlamaConfig(**common),
-        "llama3-scaled": lambda: LlamaConfig(**common, rope_parameters={
-            "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-    }
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(configs[kind](), attn_implementation="sdpa").eval()
-
-
-def masked_logits(model, blocks, final):
-    """One forward in which each block sees only itself (causally) and the
-    final part sees everything before it."""
-    ids = [t for b in blocks for t in b] + list(final)
-    total = len(ids)
-    mask = torch.zeros(total, total, dtype=torch.bool)
-    start = 0
-    for block in blocks:
-        mask[start:start + len(block), start:start + len(block)] = torch.ones(len(block), len(block)).tril().bool()
-        start += len(block)
-    mask[start:] = torch.ones(total, total, dtype=torch.bool).tril()[start:]
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([ids]), attention_mask=mask[None, None]).logits[0].float()
-
-
-def random_blocks(lengths, vocab=128, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in lengths]
-
-
-def passages():
-    from ragline.engine.types import Passage
-
-    return [Passage("a", "a", "Paris is the capital of France.", "Paris"),
-            Passage("b", "b", "Bananas are yellow.", "Bananas"),
-            Passage("c", "c", "The Seine flows through Paris.", "Seine")]
-
-
-def query(passage_list, text="What is the capital of France?"):
-    from ragline.engine.index.docstore import query_over
-
-    return query_over("q", text, passage_list)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
