@@ -127,7 +127,7 @@ def _run_and_score(questions: Sequence[HotpotQuestion], queries: list[Query], pi
     rows = []
     with tqdm(total=len(queries), desc="QA", unit="question", disable=not progress) as bar:
         for start, batch in _run_batches(pipeline, queries, step):
-            rows.extend(score_queries(questions[start: start + step], batch, generator)[0])
+            rows.extend(_rows(questions[start: start + step], batch, generator))
             bar.update(len(batch))
     return rows, summarize(rows)
 
@@ -138,12 +138,17 @@ def score_queries(questions: Sequence[HotpotQuestion], queries: Sequence[Query],
     question, in order. ``scorer``: a ``generate`` stage that scores the gold
     answer after each query's context (``answer_nll``) without generating —
     to compare contexts (compressors) by likelihood alone."""
+    rows = _rows(questions, queries, scorer)
+    return rows, summarize(rows)
+
+
+def _rows(questions: Sequence[HotpotQuestion], queries: Sequence[Query], scorer) -> list[dict]:
     rows = []
     for question, query in zip(questions, queries, strict=True):
         row = _score(question, query)
         row["answer_nll"] = _answer_nll(scorer, query, question.answer)
         rows.append(row)
-    return rows, summarize(rows)
+    return rows
 
 
 def _run_batches(pipeline: Pipeline | OnRay | None, queries: list[Query], step: int):
