@@ -34,16 +34,12 @@ from pathlib import Path
 
 def _importable_ragline() -> None:
     """``import ragline`` on a machine where it is not installed (the GPU
-    machine gets a bare copy of the checkout, whatever its folder is called):
-    a link named ``ragline`` to the checkout, on ``sys.path``."""
+    machine gets a bare copy of the checkout): the checkout's ``src/`` on
+    ``sys.path``."""
     import importlib.util
-    import tempfile
 
-    if importlib.util.find_spec("ragline") is not None:
-        return
-    links = Path(tempfile.mkdtemp(prefix="ragline-path-"))
-    (links / "ragline").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
-    sys.path.insert(0, str(links))
+    if importlib.util.find_spec("ragline") is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 _importable_ragline()

@@ -229,4 +229,4 @@ def test_ray_is_imported_only_when_asked_for(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{MissingDependency.__name__} --ray needs Ray: pip install 'ray[data]==2.60.0'"
+    assert result.stdout.strip() == f"{MissingDependency.__name__} --ray needs ray: pip install 'ragline[ray]'"

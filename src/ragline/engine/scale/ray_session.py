@@ -21,11 +21,11 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from ragline.engine.errors import InputError, MissingDependency, RaglineError
+from ragline.engine.errors import InputError, RaglineError
+from ragline.engine.optional import import_optional
 
 log = logging.getLogger(__name__)
 
-RAY_REQUIREMENT = "ray[data]==2.60.0"
 # A worker that dies (a crash, the OOM killer, a lost node) is restarted this
 # many times, and the batch it held is retried on it; the output is unchanged.
 FAULT_TOLERANCE = {"max_restarts": 3, "max_task_retries": 3}
@@ -41,12 +41,8 @@ JVM_SAFE = {"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
 def import_ray():
     for name, value in JVM_SAFE.items():
         os.environ.setdefault(name, value)
-    try:
-        import ray
-        import ray.data  # noqa: F401  (the part ragline uses)
-    except ImportError:
-        raise MissingDependency(f"--ray needs Ray: pip install '{RAY_REQUIREMENT}'") from None
-    return ray
+    import_optional("ray.data", needed_for="--ray")  # the part ragline uses
+    return import_optional("ray", needed_for="--ray")
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from ragline.engine.errors import InputError, MissingDependency
+from ragline.engine.optional import import_optional
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,7 @@ _MIN_IVFPQ = 64
 
 
 def import_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise MissingDependency("dense retrieval needs FAISS: pip install 'ragline[cpu]' (or [gpu])") from None
-    return faiss
+    return import_optional("faiss", needed_for="dense retrieval")
 
 
 def factory_string(preset: str, dim: int, count: int) -> str:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ragline.engine.errors import InputError, MissingDependency
+from ragline.engine.errors import InputError
+from ragline.engine.optional import import_optional
 from ragline.eval.metrics import per_query
 from ragline.eval.posir_metrics import length_bucket, position_report, relative_position
 
@@ -54,16 +55,12 @@ def discover(root: Path, languages: Sequence[str] | None = None) -> list[Domain]
 
 
 def read_table(path: Path, columns: Sequence[str]):
-    try:
-        import pandas as pd
-    except ImportError:
-        raise MissingDependency("PosIR needs pandas and pyarrow") from None
+    pd = import_optional("pandas", needed_for="PosIR")
+    import_optional("pyarrow", needed_for="PosIR's parquet files")
     if not path.is_file():
         raise InputError("missing file", path=path)
     try:
         frame = pd.read_parquet(path)
-    except ImportError as err:
-        raise MissingDependency(f"reading parquet needs pyarrow ({err})") from None
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise InputError(f"not a readable parquet file ({err.__class__.__name__}: {err})", path=path) from None
     missing = [c for c in columns if c not in frame.columns]

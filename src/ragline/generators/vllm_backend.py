@@ -19,9 +19,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from ragline.engine.errors import MissingDependency, RaglineError
+from ragline.engine.errors import RaglineError
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
 from ragline.engine.lm.prompt_spans import prompt_ids
+from ragline.engine.optional import import_optional
 from ragline.generators.backend import Conversation, Generation, GeneratorBackend, Sampling
 
 
@@ -41,13 +42,7 @@ class VLLMGenerator(GeneratorBackend):
     def warm_up(self) -> None:
         if self.llm is not None:
             return
-        try:
-            import vllm
-        except ImportError as err:
-            raise MissingDependency(
-                "the vllm backend needs vLLM, which installs only with CUDA: pip install 'ragline[gpu]' "
-                f"({err})"
-            ) from None
+        vllm = import_optional("vllm", needed_for="the vllm backend")
         options = dict(model=resolve_model_source(self.model), dtype=self.dtype,
                        gpu_memory_utilization=self.gpu_memory_utilization,
                        tensor_parallel_size=self.tensor_parallel_size,

@@ -17,8 +17,10 @@ def import_triton(purpose: str):
     try:
         import triton
         import triton.language as tl
-    except ImportError:
-        raise KernelUnavailable(f"{purpose} needs the 'triton' package (pip install triton)") from None
+    except ModuleNotFoundError as err:
+        if err.name != "triton":
+            raise  # installed, and failing to import: shown as itself, not as "missing"
+        raise KernelUnavailable(f"{purpose} needs the 'triton' package (pip install 'ragline[kernels]')") from None
     return triton, tl
 
 

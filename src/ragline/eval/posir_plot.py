@@ -5,20 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from ragline.engine.errors import MissingDependency
+from ragline.engine.optional import import_optional
 from ragline.eval.posir_metrics import BUCKETS
 
 
 def plot_position_bias(reports: Mapping[str, Mapping], path: Path, title: str = "nDCG@10 by evidence position") -> Path:
     """One panel per run (``reports`` maps a label to a position report), one
     line per length bucket."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingDependency("plots need matplotlib") from None
+    import_optional("matplotlib", needed_for="plots").use("Agg")
+    plt = import_optional("matplotlib.pyplot", needed_for="plots")
     fig, axes = plt.subplots(1, len(reports), figsize=(5 * len(reports), 4), sharey=True, squeeze=False)
     for ax, (label, report) in zip(axes[0], reports.items()):
         for bucket, _ in BUCKETS:

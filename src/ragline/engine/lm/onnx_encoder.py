@@ -39,8 +39,9 @@ from pathlib import Path
 import torch
 
 from ragline.engine.atomic import atomic_directory, exclusive_lock
-from ragline.engine.errors import ConfigError, MissingDependency
+from ragline.engine.errors import ConfigError
 from ragline.engine.lm.packaged import model_cache_dir
+from ragline.engine.optional import import_optional
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,12 @@ class OnnxTransformer(torch.nn.Module):
 
 def _export(encoder, folder: Path) -> None:
     _import_onnxruntime()
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError as err:
-        raise MissingDependency(f"exporting an encoder to ONNX needs the onnx and onnxscript packages "
-                                f"(pip install onnx onnxscript): {err}") from None
+    for needed in ("onnx", "onnxscript"):
+        import_optional(needed, needed_for="exporting an encoder to ONNX")
+    quantization = import_optional("onnxruntime.quantization", needed_for="exporting an encoder to ONNX")
+    QuantType, quantize_dynamic = quantization.QuantType, quantization.quantize_dynamic
+    quant_pre_process = import_optional("onnxruntime.quantization.shape_inference",
+                                        needed_for="exporting an encoder to ONNX").quant_pre_process
     exported = folder / "exported.onnx"
     _torch_export(encoder, exported)
     with _root_logger_left_alone():
@@ -189,11 +190,7 @@ def _weights_key(model: torch.nn.Module) -> str:
 
 
 def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise MissingDependency(f"the onnx encoder backends need onnxruntime (pip install onnxruntime): {err}") from None
-    return onnxruntime
+    return import_optional("onnxruntime", needed_for="the onnx encoder backends")
 
 
 @contextlib.contextmanager

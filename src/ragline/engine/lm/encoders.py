@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ragline.engine.errors import ConfigError, MissingDependency, RaglineError
+from ragline.engine.errors import ConfigError, RaglineError
 from ragline.engine.lm import model_cache
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
+from ragline.engine.optional import import_optional
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -44,10 +45,7 @@ def load_sentence_encoder(name: str, device: str | None = None, backend: str = "
 
 
 def _load(name: str, device: str, backend: str):
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as err:  # pragma: no cover - a base dependency
-        raise MissingDependency("dense retrieval needs sentence-transformers") from err
+    SentenceTransformer = import_optional("sentence_transformers", needed_for="dense retrieval").SentenceTransformer
     source = resolve_model_source(name)
     try:
         model = SentenceTransformer(source, device=device)

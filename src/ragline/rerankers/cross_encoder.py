@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 import statistics
 
-from ragline.engine.errors import ConfigError, MissingDependency, RaglineError
+from ragline.engine.errors import ConfigError, RaglineError
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm import model_cache
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
+from ragline.engine.optional import import_optional
 from ragline.engine.settings import NonNegativeFloat, PositiveInt
 from ragline.engine.stage import Stage
 from ragline.engine.types import Hit, Query
@@ -34,10 +35,7 @@ def load_cross_encoder(name: str, device: str | None = None, max_length: int = 5
     """A ``CrossEncoder`` with one output score. A plain sentence encoder (e.g.
     the packaged all-MiniLM-L6-v2) loads too, with an untrained scoring head:
     the starting point for training."""
-    try:
-        from sentence_transformers import CrossEncoder
-    except ImportError as err:  # pragma: no cover - a base dependency
-        raise MissingDependency("cross-encoder reranking needs sentence-transformers") from err
+    CrossEncoder = import_optional("sentence_transformers", needed_for="cross-encoder reranking").CrossEncoder
     from transformers.utils import logging as hf_logging
 
     source = resolve_model_source(name)

