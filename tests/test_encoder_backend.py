@@ -14,7 +14,7 @@ import pytest
 from ragline.engine.data.corpus import read_corpus
 from ragline.engine.errors import ConfigError, EncoderMismatch
 from ragline.engine.index.build import build_index
-from ragline.engine.index.update import Index
+from ragline.engine.index.index import Index
 from ragline.engine.lm import model_cache, onnx_encoder
 from ragline.engine.lm.encoders import encode_texts, load_sentence_encoder
 from ragline.engine.lm.packaged import resolve_model_source

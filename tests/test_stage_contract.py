@@ -168,8 +168,8 @@ def test_constructors_report_bad_settings_as_config_errors(make):
 
 def test_stages_sharing_the_generator_prompt_must_agree():
     from ragline.generators.generate import Generate
-    from ragline.rerankers.attention_sort import AttentionSort
-    from ragline.rerankers.attnrank import AttnRank
+    from ragline.reorderers.attention_sort import AttentionSort
+    from ragline.reorderers.attnrank import AttnRank
 
     Pipeline([AttentionSort(model="smollm2-135m-instruct"), Generate()])  # short name = hub id: agrees
     with pytest.raises(ConfigError, match=r"stage 'generate' uses model=.*stage 'attention_sort' uses model="):

@@ -18,7 +18,7 @@ _LAZY_EXPORTS = {
     "Generate": "ragline.generators.generate",
     "build_index": "ragline.engine.index.build",
     "update_index": "ragline.engine.index.update",
-    "Index": "ragline.engine.index.update",
+    "Index": "ragline.engine.index.index",
 }
 
 __all__ = sorted(_LAZY_EXPORTS) + ["__version__"]

@@ -3,7 +3,6 @@ loads, and running it with the answer streamed as it is generated."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.registry import STAGES, lookup
 from ragline.engine.retrieval_pipeline import retrieval_pipeline
-from ragline.engine.types import Query, StageTrace
+from ragline.engine.types import Query
 from ragline.generators.generate import Generate
 
 
@@ -24,7 +23,7 @@ def ask_pipeline(index: str, config: str | Path | None = None, *, retriever: str
     (``options`` go to the generation backend, e.g. an http ``url``)."""
     if config is not None:
         pipeline = Pipeline.load(config, defaults={"index": index})
-        if isinstance(pipeline.stages[-1], Generate):
+        if any(stage.is_generator for stage in pipeline.stages):
             return pipeline
         # A new pipeline, not an appended stage: its checks (stage order, one
         # generator prompt for AttnRank and generation) must see the generator.
@@ -40,19 +39,7 @@ def ask_pipeline(index: str, config: str | Path | None = None, *, retriever: str
 def answer_question(pipeline: Pipeline, question: str, on_text: Callable[[str], None] | None = None,
                     query_filter: str | None = None) -> Query:
     """Run ``question`` (with a metadata filter for its retrieval, if any)
-    through ``pipeline``; with ``on_text``, the final ``generate`` stage
-    streams its answer through it piece by piece."""
-    query = Query("q0", question, filter=query_filter)
-    generate = pipeline.stages[-1]
-    if on_text is None or not isinstance(generate, Generate):
-        return pipeline.run([query])[0]
-    if len(pipeline.stages) > 1:
-        before = Pipeline(pipeline.stages[:-1], top_k=0, batch_size=pipeline.batch_size)
-        query = before.run([query])[0]
-    generate.warm_up()  # model loading is not generation time
-    items_in = len(query.ranking)
-    started = time.perf_counter()
-    generate.stream(query, on_text)
-    query.trace.append(StageTrace(generate.name, time.perf_counter() - started, 1, items_in, len(query.ranking),
-                                  query.take_notes()))
-    return query
+    through ``pipeline``; with ``on_text``, the answer streams through it
+    piece by piece."""
+    streamed = None if on_text is None else (lambda _query, piece: on_text(piece))
+    return pipeline.run([Query("q0", question, filter=query_filter)], on_text=streamed)[0]

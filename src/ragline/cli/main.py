@@ -330,9 +330,9 @@ def serve(
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")] = False,
 ) -> None:
     """Serve pipelines over HTTP: /v1/search, /v1/ask, OpenAI-compatible /v1/chat/completions."""
-    from ragline.cli.serve.server import api_key_from, load_pipelines
-    from ragline.cli.serve.server import serve as run_server
-    from ragline.cli.serve.settings import ServeSettings
+    from ragline.serve.settings import ServeSettings
+    from ragline.serve.uvicorn_server import api_key_from, load_pipelines
+    from ragline.serve.uvicorn_server import serve as run_server
 
     settings = ServeSettings(batch_wait_ms=batch_wait_ms, max_batch=max_batch, max_queue=max_queue,
                              request_timeout_s=timeout, max_k=max_k, max_tokens=max_tokens, max_question_chars=max_question_chars,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +38,32 @@ class Pipeline:
         for stage in self.stages:
             stage.warm_up()
 
-    def run(self, queries: str | Iterable[str | Query]) -> list[Query]:
+    def run(self, queries: str | Iterable[str | Query],
+            on_text: Callable[[Query, str], None] | None = None) -> list[Query]:
+        """Every query through every stage, a batch at a time. Per-query
+        settings ride on the ``Query`` (``filter``, ``sampling``). With
+        ``on_text``, a generating stage calls ``on_text(query, piece)`` with
+        each piece of its answer as it is written (streaming)."""
         if isinstance(queries, str):
             queries = [queries]
         items = [q if isinstance(q, Query) else Query(id=str(i), text=q) for i, q in enumerate(queries)]
         self.warm_up()
         done: list[Query] = []
         for start in range(0, len(items), self.batch_size):
-            done.extend(self._run_batch(items[start : start + self.batch_size]))
+            done.extend(self._run_batch(items[start : start + self.batch_size], on_text))
         return done
 
-    def _run_batch(self, batch: list[Query]) -> list[Query]:
+    def retrieval_part(self) -> Pipeline | None:
+        """The stages before the first generating one, as a pipeline that
+        attaches no passages (what a search runs); None if there are none."""
+        first = next((i for i, stage in enumerate(self.stages) if stage.is_generator), len(self.stages))
+        return Pipeline(self.stages[:first], top_k=0, batch_size=self.batch_size) if first else None
+
+    def _run_batch(self, batch: list[Query], on_text: Callable[[Query, str], None] | None = None) -> list[Query]:
         for stage in self.stages:
             before = [len(q.ranking) for q in batch]
             t0 = time.perf_counter()
-            batch = stage.run(batch)
+            batch = stage.run(batch) if on_text is None else stage.run_streaming(batch, on_text)
             seconds = time.perf_counter() - t0
             for q, n_in in zip(batch, before):
                 q.trace.append(StageTrace(stage.name, seconds, len(batch), n_in, len(q.ranking), q.take_notes()))

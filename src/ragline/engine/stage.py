@@ -19,6 +19,7 @@ import copy
 import functools
 import inspect
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +28,20 @@ from ragline.engine.types import Query
 
 
 class Stage(abc.ABC):
+    """One step of a pipeline. How a stage is built:
+
+    - Subclassing wraps the subclass's own ``__init__`` (``__init_subclass__``):
+      before the body runs, the arguments are checked against the
+      constructor's annotations (``settings.py``: the annotations are the
+      schema; a rule spanning several settings stays in the body and raises
+      ``ConfigError``), and the outermost constructor records them — that
+      record is ``to_config()``.
+    - It wraps ``warm_up`` too: loading runs once per instance however often
+      it is called, under one lock, and runs again after a failure.
+    - ``run(batch)`` does the work for a whole batch; ``run_streaming`` is
+      the same for a caller that wants text as it is written.
+    """
+
     #: The name the stage is registered under and written as in YAML.
     name: ClassVar[str]
     #: Retrievers add a list to ``Query.hits``; a pipeline with several of them
@@ -34,6 +49,9 @@ class Stage(abc.ABC):
     is_retriever: ClassVar[bool] = False
     #: Fusion stages merge ``Query.hits`` into ``Query.ranking``.
     is_fusion: ClassVar[bool] = False
+    #: Generating stages write ``Query.answer``; the stages before the first
+    #: of them are the pipeline's retrieval part (what a search runs).
+    is_generator: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -51,6 +69,12 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def run(self, batch: list[Query]) -> list[Query]:
         """Process every query of the batch and return the batch."""
+
+    def run_streaming(self, batch: list[Query], on_text: Callable[[Query, str], None]) -> list[Query]:
+        """``run``, for a caller that wants text as it is written: a stage that
+        writes text (generation) calls ``on_text(query, piece)`` with each new
+        piece; any other stage simply runs."""
+        return self.run(batch)
 
     def generator_prompt(self) -> dict[str, Any] | None:
         """For stages that read or write the generator's prompt (attention

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ragline.engine.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Document:
@@ -75,6 +77,27 @@ class Answer:
     cited: list[str] = field(default_factory=list)  # passage ids the answer cites
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings. ``temperature`` 0 means greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
 @dataclass
 class Query:
     id: str
@@ -93,6 +116,9 @@ class Query:
     # A metadata filter for this query alone (``lang=en``); the retrievers'
     # own filters hold as well.
     filter: str | None = None
+    # Decoding settings for this query alone (a served request's max_tokens,
+    # temperature, stop); the generate stage's own where None.
+    sampling: Sampling | None = None
     # What the running stage reports about this query (TTFT, tokens, cache
     # hits); the pipeline moves it into that stage's trace entry.
     _notes: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)

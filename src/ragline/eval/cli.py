@@ -66,8 +66,8 @@ def eval_beir(
     workers: RayWorkers = None,
 ) -> None:
     """Score a retriever or pipeline on a BEIR dataset (with --ray: its batches on a Ray actor pool)."""
-    from ragline.eval.beir import open_dataset
-    from ragline.eval.beir_eval import evaluate_beir
+    from ragline.eval.beir_datasets import open_dataset
+    from ragline.eval.beir_runner import evaluate_beir
     from ragline.eval.report import check_results_folder, print_metrics
 
     if results:

@@ -12,30 +12,9 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ragline.engine.errors import ConfigError
+from ragline.engine.types import Sampling
 
 Conversation = list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}, ...]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Decoding settings. ``temperature`` 0 means greedy."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ConfigError("max_new_tokens must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
 
 @dataclass

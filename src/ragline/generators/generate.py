@@ -8,6 +8,7 @@ prompt and completion tokens and the time to first token.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,11 +21,12 @@ from ragline.engine.settings import Fraction, NonNegativeFloat, NonNegativeInt, 
 from ragline.engine.stage import Stage
 from ragline.engine.types import Answer, Query
 from ragline.generators.backend import Generation, GeneratorBackend, Sampling
-from ragline.generators.backends import BACKENDS, make_backend
+from ragline.generators.backend_registry import BACKENDS, make_backend
 
 
 class Generate(Stage):
     name = "generate"
+    is_generator = True
 
     def __init__(
         self,
@@ -110,36 +112,49 @@ class Generate(Stage):
         return settings
 
     def run(self, batch: list[Query]) -> list[Query]:
+        return self._generate(batch, None)
+
+    def run_streaming(self, batch: list[Query], on_text: Callable[[Query, str], None]) -> list[Query]:
+        return self._generate(batch, on_text)
+
+    def sampling_for(self, query: Query) -> Sampling:
+        """The query's own decoding settings (a served request's), else the stage's."""
+        return query.sampling or self.sampling
+
+    def _generate(self, batch: list[Query], on_text: Callable[[Query, str], None] | None) -> list[Query]:
+        """The one generation path. Queries that decode alike go to the backend
+        as one batch; a streamed query, or one that assembles its own cache from
+        cached passages, goes alone."""
         self.warm_up()
         conversations = [self.conversation(q) for q in batch]
-        if self.reuse is not None:  # one query at a time: each assembles its own cache
-            for query, conversation in zip(batch, conversations):
-                self._generate_reusing(query, conversation)
+        if on_text is None and self.reuse is None:
+            groups: dict[Sampling, list[int]] = {}
+            for i, query in enumerate(batch):
+                groups.setdefault(self.sampling_for(query), []).append(i)
+            for sampling, members in groups.items():
+                generations = self.backend.generate([conversations[i] for i in members], sampling)
+                for i, generation in zip(members, generations):
+                    self._attach(batch[i], generation)
             return batch
-        for query, generation in zip(batch, self.backend.generate(conversations, self.sampling)):
-            self._attach(query, generation)
+        for query, conversation in zip(batch, conversations):
+            pieces = None if on_text is None else functools.partial(on_text, query)
+            if self.reuse is not None:
+                self._generate_reusing(query, conversation, pieces)
+            else:
+                self._attach(query, self.backend.generate_one(conversation, self.sampling_for(query), pieces))
         return batch
-
-    def stream(self, query: Query, on_text: Callable[[str], None]) -> Query:
-        """Generate for one query, calling ``on_text`` with each new piece of text."""
-        self.warm_up()
-        conversation = self.conversation(query)
-        if self.reuse is not None:
-            return self._generate_reusing(query, conversation, on_text)
-        generation = self.backend.generate_one(conversation, self.sampling, on_text)
-        self._attach(query, generation)
-        return query
 
     def _generate_reusing(self, query: Query, conversation: list[dict],
                           on_text: Callable[[str], None] | None = None) -> Query:
+        sampling = self.sampling_for(query)
         if query.context is not None and query.kept is None:
             # A context that is only text (no kept ranges): nothing per passage to reuse.
-            generation = self.backend.generate_one(conversation, self.sampling, on_text)
+            generation = self.backend.generate_one(conversation, sampling, on_text)
             self._attach(query, generation)
             query.note(kv_reuse="skipped: a context without kept ranges")
             return query
         kept = query.kept if query.context is not None else None
-        generation, stats = self.reuse.generate(self.prompts, query.text, query.passages, self.sampling, on_text, kept)
+        generation, stats = self.reuse.generate(self.prompts, query.text, query.passages, sampling, on_text, kept)
         if "context" in stats:  # the pruned cache's tokens, exactly
             query.context = stats.pop("context")
         self._attach(query, generation)

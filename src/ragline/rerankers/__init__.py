@@ -1,2 +1,1 @@
-"""Reranking and reordering stages: the cross-encoder, and attention-based
-reordering of passages (AttnRank, attention sorting)."""
+"""Reranking stages: the cross-encoder and in-context reranking (ICR)."""

@@ -1,4 +1,4 @@
-"""``ragline train cross-encoder``, ``ragline calibrate attnrank`` and ``ragline calibrate heads``."""
+"""``ragline train cross-encoder`` and ``ragline calibrate heads``."""
 
 from __future__ import annotations
 
@@ -64,34 +64,6 @@ def _qrels_pairs(data: Path, topics: Path, index: Path, negatives: int):
     return pairs_from_qrels(read_qrels(data), read_topics(topics), index, negatives=negatives)
 
 
-def calibrate_attnrank_command(
-    data: Annotated[Path, typer.Option("--data", help="HotpotQA JSONL: real paragraphs and questions.")],
-    out: Annotated[Path, typer.Option("--out", help="Profile file to write (JSON); a PNG plot is written beside it.")],
-    model: Annotated[str, typer.Option("--model", help="The generator: hub id, folder, or a packaged model.")] = "SmolLM2-135M-Instruct",
-    slots: Annotated[int, typer.Option("--slots", min=1, help="Passages per prompt (N).")] = 10,
-    questions: Annotated[int, typer.Option(min=1, help="Calibration prompts (one per question).")] = 50,
-    per_token: Annotated[bool, typer.Option("--per-token", help="Divide each slot's attention by its length.")] = False,
-    cite: Annotated[bool, typer.Option("--cite/--no-cite", help="The generate stage's citation mode (its prompt).")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the passage order.")] = 0,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when present).")] = None,
-) -> None:
-    """Measure the generator's attention per passage slot (the AttnRank profile)."""
-    from ragline.engine import terminal
-    from ragline.engine.data.hotpotqa import read_hotpotqa
-    from ragline.engine.lm.causal_lm import load_causal_lm
-    from ragline.engine.lm.prompts import PromptBuilder
-    from ragline.rerankers.attnrank_calibration import calibrate, plot_profile
-
-    lm, tokenizer = load_causal_lm(model, device=device, dtype="float32")
-    chosen = read_hotpotqa(data)[:questions]
-    profile = calibrate(lm, tokenizer, model, chosen, slots, PromptBuilder(cite=cite), per_token, seed,
-                        progress=sys.stderr.isatty(), data_name=data.name)
-    profile.save(out)
-    plot_profile(profile, out.with_suffix(".png"))
-    shares = " ".join(f"{v:.3f}" for v in profile.profile)
-    terminal.stdout().print(f"[green]calibrated[/] {out} ({len(chosen)} prompts, {slots} slots): {shares}")
-
-
 def calibrate_heads_command(
     out: Annotated[Path, typer.Option("--out", help="Profile file to write (JSON).")],
     corpus: Annotated[Path, typer.Option("--corpus", help="Real text for the haystacks and needles: a corpus file or folder (JSONL, TREC, BEIR, text files).")],
@@ -125,5 +97,4 @@ def calibrate_heads_command(
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     groups["train"].command("cross-encoder")(train_cross_encoder_command)
-    groups["calibrate"].command("attnrank")(calibrate_attnrank_command)
     groups["calibrate"].command("heads")(calibrate_heads_command)

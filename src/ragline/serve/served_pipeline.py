@@ -7,32 +7,29 @@ retrieval pipeline) and attaches the text of each query's top ``k``;
 the answer streamed. Searches batch together, answers batch with answers
 that decode alike; a stream runs alone.
 
-A request's decoding settings (``max_tokens``, ``temperature``, ``stop``)
-never touch the shared stage: each batch runs a shallow copy of the
-``generate`` stage with its own ``Sampling``, sharing the loaded model and
-the passage KV store.
+Everything runs through ``Pipeline.run``: a request's decoding settings
+(``max_tokens``, ``temperature``, ``stop``) ride on its ``Query`` as its own
+``Sampling`` and never touch the shared stage; a stream passes ``on_text``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from ragline.cli.ask import answer_question
-from ragline.cli.serve.batching import MicroBatcher
-from ragline.cli.serve.settings import ServeSettings
-from ragline.cli.serve.streaming import GenerationCancelled, StopFilter, TextChannel
-from ragline.cli.serve.worker import Worker
 from ragline.engine.index.docstore import fetch_passages
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.types import Query
 from ragline.generators.backend import Sampling
 from ragline.generators.generate import Generate
+from ragline.serve.batching import MicroBatcher
+from ragline.serve.settings import ServeSettings
+from ragline.serve.streaming import GenerationCancelled, StopFilter, TextChannel
+from ragline.serve.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +66,8 @@ class ServedPipeline:
         with every other served pipeline (they may share loaded models)."""
         self.name = name
         self.pipeline = pipeline
-        last = pipeline.stages[-1]
-        self.generator: Generate | None = last if isinstance(last, Generate) else None
-        before = pipeline.stages[:-1] if self.generator else pipeline.stages
-        self.retrieval = Pipeline(before, top_k=0, batch_size=pipeline.batch_size) if before else None
+        self.generator: Generate | None = next((s for s in pipeline.stages if isinstance(s, Generate)), None)
+        self.retrieval = pipeline.retrieval_part()
         self._on_cancelled = on_cancelled
         self.worker = worker
         self.batcher = MicroBatcher(
@@ -144,26 +139,21 @@ class ServedPipeline:
         return queries
 
     def _answer(self, jobs: list[AnswerJob]) -> list[Query]:
-        pipeline = self._pipeline_with(jobs[0].sampling)  # the batcher groups answers by sampling
-        return pipeline.run([Query(id=str(i), text=job.question, filter=job.filter) for i, job in enumerate(jobs)])
+        return self.pipeline.run([Query(id=str(i), text=job.question, filter=job.filter, sampling=job.sampling)
+                                  for i, job in enumerate(jobs)])
 
     def _stream(self, job: StreamJob) -> Query:
         if job.channel.cancelled:  # abandoned before it started
             raise GenerationCancelled()
         try:
-            return answer_question(self._pipeline_with(job.sampling), job.question, job.channel.send, job.filter)
+            query = Query("q0", job.question, filter=job.filter, sampling=job.sampling)
+            return self.pipeline.run([query], on_text=lambda _query, piece: job.channel.send(piece))[0]
         except GenerationCancelled:
             log.debug("pipeline %s: generation stopped after %d pieces: the client went away",
                       self.name, job.channel.pieces_sent)
             if self._on_cancelled is not None:
                 self._on_cancelled(self.name)
             raise
-
-    def _pipeline_with(self, sampling: Sampling) -> Pipeline:
-        generate = copy.copy(self.generator)  # shares the model, the KV store, the prompt builder
-        generate.sampling = sampling
-        before = self.retrieval.stages if self.retrieval else []
-        return Pipeline([*before, generate], top_k=self.pipeline.top_k, batch_size=self.pipeline.batch_size)
 
     def _warm_up(self) -> None:
         self.pipeline.warm_up()

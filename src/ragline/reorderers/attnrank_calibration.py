@@ -21,8 +21,8 @@ from ragline.engine.data.hotpotqa import HotpotQuestion, paragraph_passage
 from ragline.engine.errors import InputError
 from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.lm.prompts import PromptBuilder
-from ragline.rerankers.attnrank import AttentionProfile
-from ragline.rerankers.passage_attention import PassageAttention, template_fingerprint
+from ragline.reorderers.attnrank import AttentionProfile
+from ragline.reorderers.passage_attention import PassageAttention, template_fingerprint
 
 
 def calibration_prompts(questions: Sequence[HotpotQuestion], slots: int, seed: int = 0):

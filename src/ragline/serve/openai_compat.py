@@ -14,11 +14,11 @@ import time
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from ragline.cli.serve.access import require_ready, require_token, server_state
-from ragline.cli.serve.errors import pipeline_errors, request_id
-from ragline.cli.serve.schemas import ChatRequest, read_request
-from ragline.cli.serve.sse import answer_events, event_stream
-from ragline.cli.serve.views import answer_view, finish_reason, usage
+from ragline.serve.access import require_ready, require_token, server_state
+from ragline.serve.errors import pipeline_errors, request_id
+from ragline.serve.schemas import ChatRequest, read_request
+from ragline.serve.sse import answer_events, event_stream
+from ragline.serve.views import answer_view, finish_reason, usage
 
 router = APIRouter(dependencies=[Depends(require_token), Depends(require_ready)])
 

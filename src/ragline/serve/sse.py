@@ -12,9 +12,9 @@ from typing import Any
 
 from sse_starlette import EventSourceResponse
 
-from ragline.cli.serve.errors import error_body, internal_error
-from ragline.cli.serve.served import AnswerStream
-from ragline.cli.serve.settings import ServeSettings
+from ragline.serve.errors import error_body, internal_error
+from ragline.serve.served_pipeline import AnswerStream
+from ragline.serve.settings import ServeSettings
 
 PING_SECONDS = 15  # a comment line now and then keeps proxies from closing a quiet stream
 

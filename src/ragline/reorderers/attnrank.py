@@ -90,7 +90,7 @@ class AttnRank(Stage):
         from transformers import AutoTokenizer
 
         from ragline.engine.lm.packaged import resolve_model_source
-        from ragline.rerankers.passage_attention import template_fingerprint
+        from ragline.reorderers.passage_attention import template_fingerprint
 
         profile = AttentionProfile.load(self.profile_path)
         if canonical_model_id(profile.model) != canonical_model_id(self.model):

@@ -17,8 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ragline.cli.serve.batching import QueueFull
 from ragline.engine.errors import RaglineError
+from ragline.serve.batching import QueueFull
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ragline.cli.serve import openai_compat, routes
-from ragline.cli.serve.errors import install_error_handlers
-from ragline.cli.serve.observe import ObserveRequests
-from ragline.cli.serve.settings import ServeSettings
-from ragline.cli.serve.state import ServerState
 from ragline.engine.pipeline import Pipeline
+from ragline.serve import openai_compat, routes
+from ragline.serve.errors import install_error_handlers
+from ragline.serve.observe import ObserveRequests
+from ragline.serve.settings import ServeSettings
+from ragline.serve.state import ServerState
 
 
 def create_app(pipelines: Mapping[str, Pipeline], settings: ServeSettings | None = None,

@@ -14,13 +14,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from ragline.cli.serve.errors import ApiError
-from ragline.cli.serve.metrics import ServerMetrics
-from ragline.cli.serve.served import ServedPipeline
-from ragline.cli.serve.settings import ServeSettings
-from ragline.cli.serve.worker import Worker
 from ragline.engine.errors import RaglineError
 from ragline.engine.pipeline import Pipeline
+from ragline.serve.errors import ApiError
+from ragline.serve.metrics import ServerMetrics
+from ragline.serve.served_pipeline import ServedPipeline
+from ragline.serve.settings import ServeSettings
+from ragline.serve.worker import Worker
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ragline.cli.serve.app import create_app
-from ragline.cli.serve.settings import ServeSettings
 from ragline.engine import terminal
 from ragline.engine.errors import ConfigError, RaglineError
 from ragline.engine.pipeline import Pipeline
+from ragline.serve.app import create_app
+from ragline.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ragline.engine.data.topics import read_qrels, read_topics
 from ragline.engine.pipeline import Pipeline
-from ragline.eval.beir import BM25_FLAT_NDCG10, SELF_RETRIEVING, BeirDataset
+from ragline.eval.beir_datasets import BM25_FLAT_NDCG10, SELF_RETRIEVING, BeirDataset
 from ragline.eval.report import package_versions, pipeline_provenance, write_results
 from ragline.eval.retrieval_eval import RetrievalEvaluation, check_qrels_ids, evaluate_pipeline, trec_metric
 

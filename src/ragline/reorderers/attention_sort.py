@@ -42,7 +42,7 @@ class AttentionSort(Stage):
 
     def warm_up(self) -> None:
         from ragline.engine.lm.causal_lm import load_causal_lm
-        from ragline.rerankers.passage_attention import PassageAttention
+        from ragline.reorderers.passage_attention import PassageAttention
 
         model, tokenizer = load_causal_lm(self.model, device=self.device, dtype="auto")
         self.reader = PassageAttention(model, tokenizer, self.builder, self.backend)

@@ -8,13 +8,13 @@ import json
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from ragline.cli.serve.access import require_ready, require_token, server_state
-from ragline.cli.serve.errors import ApiError, pipeline_errors, request_id
-from ragline.cli.serve.metrics import CONTENT_TYPE
-from ragline.cli.serve.schemas import AskRequest, SearchRequest, read_request
-from ragline.cli.serve.sse import answer_events, event_stream
-from ragline.cli.serve.views import answer_view, finish_reason, search_view
 from ragline.engine.index.filters import FilterError
+from ragline.serve.access import require_ready, require_token, server_state
+from ragline.serve.errors import ApiError, pipeline_errors, request_id
+from ragline.serve.metrics import CONTENT_TYPE
+from ragline.serve.schemas import AskRequest, SearchRequest, read_request
+from ragline.serve.sse import answer_events, event_stream
+from ragline.serve.views import answer_view, finish_reason, search_view
 
 router = APIRouter()
 api = APIRouter(dependencies=[Depends(require_token), Depends(require_ready)])

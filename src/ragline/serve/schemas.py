@@ -18,9 +18,9 @@ from typing import Annotated, Literal, TypeVar
 from fastapi import Request
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 
-from ragline.cli.serve.errors import ApiError
-from ragline.cli.serve.settings import ServeSettings
 from ragline.engine.index.filters import FilterError, parse_filters
+from ragline.serve.errors import ApiError
+from ragline.serve.settings import ServeSettings
 
 MAX_STOPS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 100

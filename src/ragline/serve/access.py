@@ -7,8 +7,8 @@ import hmac
 
 from fastapi import Request
 
-from ragline.cli.serve.errors import ApiError
-from ragline.cli.serve.state import ServerState
+from ragline.serve.errors import ApiError
+from ragline.serve.state import ServerState
 
 
 def server_state(request: Request) -> ServerState:

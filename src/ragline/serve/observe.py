@@ -13,7 +13,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ragline.cli.serve.metrics import ServerMetrics
+from ragline.serve.metrics import ServerMetrics
 
 
 class ObserveRequests:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragline.cli.serve.worker import Worker
+from ragline.serve.worker import Worker
 
 log = logging.getLogger(__name__)
 

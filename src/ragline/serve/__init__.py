@@ -7,7 +7,7 @@ Server-Sent Events; ``/v1/chat/completions`` speaks OpenAI's protocol, so
 any OpenAI client can use a pipeline as its model. See docs/serving.md.
 """
 
-from ragline.cli.serve.app import create_app
-from ragline.cli.serve.settings import ServeSettings
+from ragline.serve.app import create_app
+from ragline.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]
