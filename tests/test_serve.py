@@ -537,7 +537,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(docs_index, tiny_lm, tm
                         for i in range(4)]
             wait_for(lambda: metric(base, "ragline_queue_depth", pipeline="docs") == 4, 10, "the searches queued")
             stream = pool.submit(ask_streamed)  # waits behind the search batch's 3 s window
-            wait_for(lambda: metric(base, "ragline_requests_in_flight") >= 6, 10, "every request in flight")
+            wait_for(lambda: metric(base, "ragline_requests_in_flight") >= 6, 30, "every request in flight")
             process.send_signal(signal.SIGTERM)
             assert [f.result().status_code for f in searches] == [200] * 4
             assert stream.result()[-1] == "done"

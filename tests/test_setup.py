@@ -31,7 +31,11 @@ def locked_versions() -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, str]:
-    return {normalized(dist.metadata["Name"]): dist.version for dist in importlib.metadata.distributions()}
+    """What is installed in this environment (sys.prefix): a test that puts
+    another folder on sys.path must not make its packages count."""
+    prefix = Path(sys.prefix).resolve()
+    return {normalized(dist.metadata["Name"]): dist.version for dist in importlib.metadata.distributions()
+            if Path(dist.locate_file("")).resolve().is_relative_to(prefix)}
 
 
 def test_the_lock_pins_every_package_with_hashes():
