@@ -136,7 +136,7 @@ def test_ask_rejects_an_empty_question_and_a_bad_backend(docs_index):
     empty = ragline("ask", docs_index, "  ")
     assert empty.returncode == 1 and "question is empty" in empty.stderr
     backend = ragline("ask", docs_index, "why?", "--backend", "tgi")
-    assert backend.returncode == 2 and "unknown generation backend 'tgi'" in backend.stderr
+    assert backend.returncode == 2 and "backend: input should be 'hf', 'vllm' or 'http' (got 'tgi')" in backend.stderr
     unreachable = ragline("ask", docs_index, "why?", "--retriever", "bm25", "--backend", "http",
                           "--url", "http://127.0.0.1:9/v1", "--model", "m")
     assert unreachable.returncode == 1 and "cannot reach the generation server at http://127.0.0.1:9/v1" in \

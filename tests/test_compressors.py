@@ -209,7 +209,7 @@ def test_a_probe_of_chosen_heads_with_the_embedding_feature_runs_and_is_checked(
         Sentinel(probe=str(path), features="attention", device="cpu", tokenizer=tiny_lm).warm_up()
     with pytest.raises(ConfigError, match="needs a trained probe"):
         Sentinel(features="attention+embedding")
-    with pytest.raises(ConfigError, match="features must be one of"):
+    with pytest.raises(ConfigError, match="sentinel: features: input should be 'attention' or 'attention\\+embedding'"):
         Sentinel(features="attention+bm25")
     data = json.loads(path.read_text())
     for change, message in (({"selected": [0, 8, 1]}, "outside the 8 attention features"),

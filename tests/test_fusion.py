@@ -49,5 +49,5 @@ def test_fuse_stage_uses_chosen_sources_weights_and_top_k():
 
 
 def test_fuse_rejects_unknown_method():
-    with pytest.raises(ConfigError, match="unknown fusion method"):
+    with pytest.raises(ConfigError, match=r"fuse: method: input should be 'rrf' or 'weighted' \(got 'max'\)"):
         Fuse("max")

@@ -74,12 +74,16 @@ def test_a_prompt_beyond_the_window_is_refused_with_advice(tiny_generator):
 
 
 def test_settings_are_checked_and_backends_chosen_by_name():
-    with pytest.raises(ConfigError):
-        Sampling(max_new_tokens=0)
-    with pytest.raises(ConfigError):
-        Sampling(top_p=0)
+    from ragline.generators.generate import Generate
+
+    with pytest.raises(ConfigError, match="generate: max_new_tokens: input should be greater than or equal to 1"):
+        Generate(max_new_tokens=0)
+    with pytest.raises(ConfigError, match="generate: top_p: input should be greater than 0"):
+        Generate(top_p=0)
     with pytest.raises(ConfigError, match="unknown generation backend 'tgi'"):
         make_backend("tgi", "m")
+    with pytest.raises(ConfigError, match=r"generate: options.batch_size: input should be greater than or equal to 1"):
+        make_backend("hf", "m", batch_size=0)
     assert cut_at_stop("Paris.\nQuestion: next", ["\n", "Question"]) == "Paris."
 
 
@@ -154,7 +158,7 @@ def test_a_pipelines_retrieval_part_is_the_stages_before_generation(tiny_lm):
 def test_unknown_generator_settings_in_yaml_name_the_line(tmp_path):
     config = tmp_path / "p.yaml"
     config.write_text("stages:\n  - generate: {backend: tgi}\n")
-    with pytest.raises(ConfigError, match=r"p.yaml:2: .*unknown generation backend"):
+    with pytest.raises(ConfigError, match=r"p.yaml:2: .*backend: input should be 'hf', 'vllm' or 'http'"):
         Pipeline.load(config)
 
 

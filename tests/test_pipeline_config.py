@@ -56,7 +56,7 @@ def test_trace_records_every_stage(hybrid_index):
     [
         ("stages:\n  - bm25: {index: x}\n  - nosuch: {}\n", 3, "unknown stage 'nosuch'"),
         ("stages:\n  - bm25: {index: x, kk: 3}\n", 2, "no parameter(s) ['kk']"),
-        ("stages:\n  - fuse: {method: max}\n", 2, "unknown fusion method"),
+        ("stages:\n  - fuse: {method: max}\n", 2, "fuse: method: input should be 'rrf' or 'weighted'"),
         ("stages:\n  - bm25: {index: x}\n  - fuse: {method: rrf}}\n  - dense: {index: x}\n", 3, "not valid YAML"),
         ("stages: []\n", 1, "non-empty list"),
         ("stage:\n  - bm25: {index: x}\n", 1, "unknown key"),

@@ -21,17 +21,20 @@ about to answer.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from annotated_types import Ge
 
 from ragline.compressors.base import SentenceCompressor
 from ragline.compressors.sentences import SentenceUnit, pack_in_order
 from ragline.engine.errors import ConfigError
 from ragline.engine.lm.attention_probe import AttentionProbe
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
-from ragline.engine.settings import PositiveInt
+from ragline.engine.settings import KernelChoice, PositiveInt
 from ragline.engine.types import Passage
 
 GENERIC_CUE = "The answer is"
@@ -42,21 +45,18 @@ CUE_PROMPT = (
     "Question: Who wrote the novel that the film Psycho is based on?\nAnswer start: The novel was written by\n"
     "Question: {question}\nAnswer start:"
 )
-READS = ("predicting", "generated")
+Read = Literal["predicting", "generated"]
+READS = typing.get_args(Read)
 
 
 class AttentionRAG(SentenceCompressor):
     name = "attention_rag"
 
-    def __init__(self, model: str = DEFAULT_GENERATOR, cue: str = "generate", chunk_tokens: PositiveInt = 512,
-                 top_k: PositiveInt | None = None, read: str = "predicting", drop_none: bool = True,
-                 device: str | None = None, backend: str = "auto", **budget):
+    def __init__(self, model: str = DEFAULT_GENERATOR, cue: str = "generate", chunk_tokens: Annotated[int, Ge(16)] = 512,
+                 top_k: PositiveInt | None = None, read: Read = "predicting", drop_none: bool = True,
+                 device: str | None = None, backend: KernelChoice = "auto", **budget):
         if top_k is not None and any(budget.get(k) is not None for k in ("ratio", "budget", "threshold")):
             raise ConfigError("attention_rag: give top_k or a budget (ratio, budget), not both")
-        if read not in READS:
-            raise ConfigError(f"attention_rag: read must be one of {', '.join(READS)}; got {read!r}")
-        if chunk_tokens < 16:
-            raise ConfigError("attention_rag: chunk_tokens must be at least 16")
         if top_k is not None:
             budget["threshold"] = 0.0  # units holding a top-k token score 0, the rest -inf
         super().__init__(**budget)

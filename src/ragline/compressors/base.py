@@ -35,10 +35,6 @@ class SentenceCompressor(Stage):
             raise ConfigError(f"{self.name}: give one of ratio, budget or threshold, not {' and '.join(chosen)}")
         if not chosen:
             ratio = 0.5
-        if ratio is not None and not 0 < ratio <= 1:
-            raise ConfigError(f"{self.name}: ratio is the fraction of tokens kept, in (0, 1]; got {ratio}")
-        if budget is not None and budget < 0:
-            raise ConfigError(f"{self.name}: budget must be >= 0 tokens")
         self.ratio, self.budget, self.threshold = ratio, budget, threshold
         self.passages = passages
         self.tokenizer_name = tokenizer

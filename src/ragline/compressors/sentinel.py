@@ -20,10 +20,11 @@ pooling, selection, sentence encoder), which must match what the stage runs.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,12 +36,13 @@ from ragline.engine.artifacts import load_artifact, write_artifact
 from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.lm.packaged import canonical_model_id
-from ragline.engine.settings import PositiveInt
+from ragline.engine.settings import KernelChoice, PositiveInt
 from ragline.engine.types import Passage
 
 ARTIFACT_FORMAT = "ragline-sentinel/1"
 LOG_OFFSET = 1e-3
-FEATURE_SETS = ("attention", "attention+embedding")
+FeatureSet = Literal["attention", "attention+embedding"]
+FEATURE_SETS = typing.get_args(FeatureSet)
 
 
 @dataclass
@@ -131,14 +133,13 @@ class Sentinel(SentenceCompressor):
     name = "sentinel"
 
     def __init__(self, probe: str | None = None, proxy: str | None = None, max_context_tokens: PositiveInt = 4096,
-                 device: str | None = None, backend: str = "auto", features: str | None = None, **budget):
+                 device: str | None = None, backend: KernelChoice = "auto", features: FeatureSet | None = None,
+                 **budget):
         """``probe``: a trained probe file (None = raw attention); ``proxy``:
         the proxy LM (default: the probe's own, else SmolLM2-135M-Instruct);
         ``features``: ``attention`` or ``attention+embedding`` — what the probe
         was trained on (default: the probe's; the embedding needs a probe)."""
         super().__init__(**budget)
-        if features is not None and features not in FEATURE_SETS:
-            raise ConfigError(f"sentinel: features must be one of {', '.join(FEATURE_SETS)}; got {features!r}")
         if features == "attention+embedding" and probe is None:
             raise ConfigError("sentinel: features attention+embedding needs a trained probe "
                               "(ragline train sentinel --features attention+embedding)")

@@ -15,7 +15,7 @@ import inspect
 import logging
 import typing
 from pathlib import PurePath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Le
 
@@ -26,13 +26,17 @@ log = logging.getLogger(__name__)
 PositiveInt = Annotated[int, Ge(1)]
 NonNegativeInt = Annotated[int, Ge(0)]
 NonNegativeFloat = Annotated[float, Ge(0)]
+PositiveFloat = Annotated[float, Gt(0)]
 Fraction = Annotated[float, Gt(0), Le(1)]  # (0, 1]: a share of something, never none of it
 UnitInterval = Annotated[float, Ge(0), Le(1)]
+# Which attention-probe kernel a stage runs: ``auto`` picks Triton on a GPU where it is installed.
+KernelChoice = Literal["auto", "torch", "triton"]
 
 
-def check_settings(owner: str, init, arguments: dict[str, Any]) -> None:
-    """Raise ``ConfigError`` naming ``owner`` and the setting when an argument
-    does not fit the constructor's annotation."""
+def check_settings(owner: str, init, arguments: dict[str, Any], field: str | None = None) -> None:
+    """Raise ``ConfigError`` naming ``owner`` and the setting (inside ``field``,
+    if the arguments are one dict setting's) when an argument does not fit the
+    constructor's annotation."""
     model = _settings_model(init)
     if model is None:
         return
@@ -44,7 +48,27 @@ def check_settings(owner: str, init, arguments: dict[str, Any]) -> None:
     except pydantic.ValidationError as error:
         problem = error.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])
+        where = f"{field}.{where}" if field else where
         raise ConfigError(f"{owner}: {where}: {_plain_message(problem)} (got {problem['input']!r})") from None
+
+
+def check_options(owner: str, field: str, init, given: dict[str, Any] | None, *, of: str,
+                  fixed: tuple[str, ...] = ()) -> None:
+    """Check ``given`` (a dict setting such as ``options``, handed on as
+    keyword arguments to ``init``) against ``init``'s parameters: an unknown
+    key or a value that does not fit its annotation is a ``ConfigError``
+    naming ``owner``, ``field`` and the key; ``of`` says whose settings they
+    are ("the hf backend"). ``fixed``: parameters the caller passes itself,
+    which ``given`` may not hold."""
+    if not given:
+        return
+    if not isinstance(given, dict):
+        raise ConfigError(f"{owner}: {field}: must be a mapping of settings (got {given!r})")
+    known = [name for name in list(inspect.signature(init).parameters)[1:] if name not in fixed]
+    for key in given:
+        if key not in known:
+            raise ConfigError(f"{owner}: {field}.{key}: not a setting of {of}; known: {', '.join(known)}")
+    check_settings(owner, init, given, field)
 
 
 def _as_written(value: Any) -> Any:

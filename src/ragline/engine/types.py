@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragline.engine.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class Document:
@@ -79,19 +77,14 @@ class Answer:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Decoding settings. ``temperature`` 0 means greedy."""
+    """Decoding settings. ``temperature`` 0 means greedy. Checked where they
+    come in: the generate stage's annotations, a served request's schema."""
 
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ConfigError("max_new_tokens must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
 
     @property
     def greedy(self) -> bool:

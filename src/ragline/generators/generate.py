@@ -21,7 +21,8 @@ from ragline.engine.settings import Fraction, NonNegativeFloat, NonNegativeInt, 
 from ragline.engine.stage import Stage
 from ragline.engine.types import Answer, Query
 from ragline.generators.backend import Generation, GeneratorBackend, Sampling
-from ragline.generators.backend_registry import BACKENDS, make_backend
+from ragline.generators.backend_registry import BackendName, check_backend_options, make_backend
+from ragline.generators.kv_reuse.modes import KVReuseMode, check_mode_options
 
 
 class Generate(Stage):
@@ -30,7 +31,7 @@ class Generate(Stage):
 
     def __init__(
         self,
-        backend: str = "hf",
+        backend: BackendName = "hf",
         model: str = DEFAULT_GENERATOR,
         passages: NonNegativeInt = 5,
         max_new_tokens: PositiveInt = 64,
@@ -42,34 +43,37 @@ class Generate(Stage):
         system_prompt: str | None = None,
         max_passage_chars: NonNegativeInt = 0,
         options: dict[str, Any] | None = None,
-        kv_reuse: str = "none",
+        kv_reuse: KVReuseMode = "none",
         kv_options: dict[str, Any] | None = None,
         stable_prefix: bool = False,
     ):
-        """``options`` go to the backend: ``device``, ``dtype``, ``batch_size`` (hf);
-        ``gpu_memory_utilization``, ``max_model_len`` (vllm); ``url``, ``timeout``,
-        ``retries``, ``concurrency``, ``api_key_env`` (http).
+        """``options`` go to the backend, checked against its constructor:
+        ``device``, ``dtype``, ``batch_size`` (hf); ``dtype``,
+        ``gpu_memory_utilization``, ``max_model_len``, ``tensor_parallel_size``,
+        ``prefix_caching`` (vllm); ``url``, ``timeout``, ``retries``,
+        ``backoff``, ``concurrency``, ``api_key_env`` (http).
 
-        ``kv_reuse`` (hf backend): ``none``, ``full``, ``block``, ``sink`` or
-        ``blend`` (see ``generators/kv_reuse/passage_reuse.py``); ``kv_options``:
-        ``sink_tokens``, ``memory_bytes``, ``directory`` (the on-disk tier),
-        ``shift``, ``layout_bytes``, ``blend_fraction``, ``blend_check_layer``.
+        ``kv_reuse`` (hf backend; see ``generators/kv_reuse/passage_reuse.py``);
+        ``kv_options``, checked against ``PassageKVReuse``'s constructor:
+        ``memory_bytes``, ``directory`` (the on-disk tier), ``shift``,
+        ``layout_bytes``; ``sink_tokens`` (sink only); ``blend_fraction``,
+        ``blend_check_layer`` (blend only). Options the chosen mode does not
+        read are refused.
 
         ``stable_prefix``: show the passages in a canonical order (by id)
         instead of rank order, so that prompts over the same passages share
         a prefix and a server's prefix cache (vLLM) hits; it undoes any
         reordering stage."""
-        from ragline.generators.kv_reuse.passage_reuse import KV_REUSE_MODES
-
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown generation backend {backend!r}; use one of {', '.join(BACKENDS)}")
-        if kv_reuse not in KV_REUSE_MODES:
-            raise ConfigError(f"kv_reuse must be one of {', '.join(KV_REUSE_MODES)}; got {kv_reuse!r}")
         if kv_reuse != "none" and backend != "hf":
-            raise ConfigError(f"kv_reuse={kv_reuse!r} runs on the hf backend; the {backend} backend keeps its own "
-                              "prefix cache (vLLM: prefix caching on)")
-        if passages < 0:
-            raise ConfigError("passages must be >= 0")
+            raise ConfigError(f"generate: kv_reuse: {kv_reuse!r} runs on the hf backend; the {backend} backend "
+                              "keeps its own prefix cache (vLLM: prefix caching on)")
+        check_backend_options(backend, options)
+        if kv_reuse != "none":
+            from ragline.generators.kv_reuse.passage_reuse import PassageKVReuse
+
+            PassageKVReuse.check_options(kv_reuse, kv_options)
+        else:
+            check_mode_options(kv_reuse, kv_options)
         self.backend_name = backend
         self.model = model
         self.passages = passages

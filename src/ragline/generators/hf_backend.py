@@ -16,17 +16,18 @@ from ragline.engine.errors import RaglineError
 from ragline.engine.lm.causal_lm import load_causal_lm
 from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.lm.prompt_spans import prompt_ids
+from ragline.engine.settings import PositiveInt
 from ragline.generators.backend import Conversation, Generation, GeneratorBackend, Sampling, cut_at_stop
 
 
 class HFGenerator(GeneratorBackend):
     backend = "hf"
 
-    def __init__(self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 8):
+    def __init__(self, model: str, device: str | None = None, dtype: str = "auto", batch_size: PositiveInt = 8):
         self.model = canonical_model_id(model)
         self.device = device
         self.dtype = dtype
-        self.batch_size = max(1, batch_size)
+        self.batch_size = batch_size
         self.lm = None
         self._stop_checks: dict[tuple[str, ...], object] = {}  # stop list -> generate()'s stopping criteria
         self.tokenizer = None
@@ -179,13 +180,19 @@ class _Streamer:
         if self.on_text is None:
             return
         self._tokens.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self._tokens, skip_special_tokens=True).lstrip()
         # Emit only complete characters: a byte-level token may end mid-character.
-        if text.endswith("\ufffd") or not text.startswith(self._emitted):
+        self._emit(complete_only=True)
+
+    def end(self) -> None:
+        # The answer may end mid-character (cut by max_new_tokens): what is
+        # left goes out as the answer's text has it.
+        if self.on_text is not None:
+            self._emit(complete_only=False)
+
+    def _emit(self, complete_only: bool) -> None:
+        text = self.tokenizer.decode(self._tokens, skip_special_tokens=True).lstrip()
+        if (complete_only and text.endswith("\ufffd")) or not text.startswith(self._emitted):
             return
         if len(text) > len(self._emitted):
             self.on_text(text[len(self._emitted):])
             self._emitted = text
-
-    def end(self) -> None:
-        pass

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ragline.engine.errors import RaglineError
+from ragline.engine.settings import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from ragline.generators.backend import Conversation, Generation, GeneratorBackend, Sampling, cut_at_stop
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,15 @@ class ServerUnreachable(RaglineError):
 class HTTPGenerator(GeneratorBackend):
     backend = "http"
 
-    def __init__(self, model: str, url: str = "http://localhost:8000/v1", timeout: float = 60.0, retries: int = 3,
-                 backoff: float = 0.5, concurrency: int = 4, api_key_env: str = "RAGLINE_API_KEY"):
+    def __init__(self, model: str, url: str = "http://localhost:8000/v1", timeout: PositiveFloat = 60.0,
+                 retries: NonNegativeInt = 3, backoff: NonNegativeFloat = 0.5, concurrency: PositiveInt = 4,
+                 api_key_env: str = "RAGLINE_API_KEY"):
         self.model = model
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self.retries = max(0, retries)
+        self.retries = retries
         self.backoff = backoff
-        self.concurrency = max(1, concurrency)
+        self.concurrency = concurrency
         self.api_key_env = api_key_env
 
     def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[Generation]:

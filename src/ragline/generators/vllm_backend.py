@@ -23,14 +23,16 @@ from ragline.engine.errors import RaglineError
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
 from ragline.engine.lm.prompt_spans import prompt_ids
 from ragline.engine.optional import import_optional
+from ragline.engine.settings import Fraction, PositiveInt
 from ragline.generators.backend import Conversation, Generation, GeneratorBackend, Sampling
 
 
 class VLLMGenerator(GeneratorBackend):
     backend = "vllm"
 
-    def __init__(self, model: str, dtype: str = "auto", gpu_memory_utilization: float = 0.85,
-                 max_model_len: int | None = None, tensor_parallel_size: int = 1, prefix_caching: bool = True):
+    def __init__(self, model: str, dtype: str = "auto", gpu_memory_utilization: Fraction = 0.85,
+                 max_model_len: PositiveInt | None = None, tensor_parallel_size: PositiveInt = 1,
+                 prefix_caching: bool = True):
         self.model = canonical_model_id(model)
         self.dtype = dtype
         self.gpu_memory_utilization = gpu_memory_utilization

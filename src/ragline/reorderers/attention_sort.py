@@ -13,12 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ragline.engine.errors import ConfigError
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.lm.prompts import PromptBuilder
-from ragline.engine.settings import PositiveInt
+from ragline.engine.settings import KernelChoice, PositiveInt
 from ragline.engine.stage import Stage
 from ragline.engine.types import Query
 
@@ -28,9 +27,7 @@ class AttentionSort(Stage):
 
     def __init__(self, model: str = DEFAULT_GENERATOR, passages: PositiveInt = 10, rounds: PositiveInt = 1,
                  per_token: bool = False, cite: bool = True, system_prompt: str | None = None,
-                 device: str | None = None, backend: str = "auto"):
-        if rounds < 1:
-            raise ConfigError("attention_sort: rounds must be at least 1")
+                 device: str | None = None, backend: KernelChoice = "auto"):
         self.model = model
         self.passages = passages
         self.rounds = rounds

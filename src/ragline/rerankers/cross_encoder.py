@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import logging
 import statistics
+from typing import Annotated
 
-from ragline.engine.errors import ConfigError, RaglineError
+from annotated_types import Ge
+
+from ragline.engine.errors import RaglineError
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm import model_cache
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
@@ -84,11 +87,8 @@ class CrossEncoderRerank(Stage):
     name = "cross_encoder"
 
     def __init__(self, model: str, top_k: PositiveInt = 10, depth: PositiveInt = 100, batch_size: PositiveInt = 64,
-                 max_length: PositiveInt = 512, first_stage_weight: NonNegativeFloat = 0.0, device: str | None = None):
-        if top_k < 1 or depth < 1 or batch_size < 1 or max_length < 8:
-            raise ConfigError("cross_encoder: top_k, depth and batch_size must be >= 1, max_length >= 8")
-        if first_stage_weight < 0:
-            raise ConfigError("cross_encoder: first_stage_weight must be >= 0")
+                 max_length: Annotated[int, Ge(8)] = 512, first_stage_weight: NonNegativeFloat = 0.0,
+                 device: str | None = None):
         self.model = model
         self.top_k = top_k
         self.depth = depth

@@ -20,12 +20,11 @@ then reads only the profile's chosen heads.
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 from ragline.engine.errors import ConfigError
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
-from ragline.engine.settings import PositiveInt
+from ragline.engine.settings import KernelChoice, PositiveInt
 from ragline.engine.stage import Stage
 from ragline.engine.types import Hit, Query
 
@@ -36,7 +35,7 @@ class ICRRerank(Stage):
     name = "icr"
 
     def __init__(self, model: str = DEFAULT_GENERATOR, depth: PositiveInt = 20, top_k: PositiveInt = 10,
-                 backend: Literal["auto", "torch", "triton"] = "auto", calibrate: bool = True,
+                 backend: KernelChoice = "auto", calibrate: bool = True,
                  heads: str | None = None, mask_outliers: bool = True, device: str | None = None):
         """``calibrate``: subtract the content-free query's read (the paper's
         calibration); ``mask_outliers``: leave out a passage's outlier tokens

@@ -14,7 +14,6 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-from ragline.engine.errors import ConfigError
 from ragline.engine.index.docstore import Selection
 from ragline.engine.index.filters import Both, Node, compile_filter, parse_filters
 from ragline.engine.stage import Stage
@@ -33,12 +32,6 @@ class Retriever(Stage):
     # Selections by query filter, for the store they were computed on.
     _selections: dict[str | None, Selection] | None = None
     _selections_of = None
-
-    @staticmethod
-    def check_k(k: int) -> int:
-        if k < 1:
-            raise ConfigError("k must be >= 1")
-        return k
 
     def set_filter(self, filter: str | list[str] | None) -> None:
         """Parse the stage's filter now, so a malformed one fails at construction."""

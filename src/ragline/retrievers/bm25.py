@@ -87,7 +87,7 @@ class BM25(Retriever):
     def __init__(self, index: str, k: PositiveInt = 100, k1: NonNegativeFloat = DEFAULT_K1, b: UnitInterval = DEFAULT_B,
                  threads: PositiveInt | None = None, filter: str | list[str] | None = None):
         self.index = str(index)
-        self.k = self.check_k(k)
+        self.k = k
         self.k1 = k1
         self.b = b
         self.threads = threads

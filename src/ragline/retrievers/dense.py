@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from ragline.engine.errors import ConfigError, EncoderMismatch, RaglineError
+from ragline.engine.errors import EncoderMismatch, RaglineError
 from ragline.engine.index.docstore import Selection
 from ragline.engine.index.layout import IndexDir, read_consistently
 from ragline.engine.lm.encoders import (
@@ -182,12 +182,11 @@ class Dense(Retriever):
     name = "dense"
 
     def __init__(self, index: str, k: PositiveInt = 100, encoder: str | None = None, batch_size: PositiveInt = 64,
-                 device: str | None = None, nprobe: PositiveInt = 16, ef_search: PositiveInt = 128, gpu: str = "auto",
+                 device: str | None = None, nprobe: PositiveInt = 16, ef_search: PositiveInt = 128,
+                 gpu: Literal["auto", "yes", "no"] = "auto",
                  filter: str | list[str] | None = None, backend: str | None = None):
-        if gpu not in ("auto", "yes", "no"):
-            raise ConfigError("gpu must be auto, yes or no")
         self.index = str(index)
-        self.k = self.check_k(k)
+        self.k = k
         self.encoder = encoder
         self.batch_size = batch_size
         self.device = device

@@ -12,15 +12,18 @@ Ties break by passage id, so the output is deterministic.
 from __future__ import annotations
 
 import statistics
+import typing
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
-from ragline.engine.errors import ConfigError
 from ragline.engine.settings import NonNegativeInt, PositiveInt
 from ragline.engine.stage import Stage
 from ragline.engine.types import Hit, Query
 
-METHODS = ("rrf", "weighted")
-NORMALIZATIONS = ("minmax", "zscore")
+Method = Literal["rrf", "weighted"]
+Normalization = Literal["minmax", "zscore"]
+METHODS = typing.get_args(Method)
+NORMALIZATIONS = typing.get_args(Normalization)
 
 
 def reciprocal_rank_fusion(lists: Sequence[Sequence[Hit]], k: int = 60) -> list[Hit]:
@@ -70,14 +73,9 @@ class Fuse(Stage):
     name = "fuse"
     is_fusion = True
 
-    def __init__(self, method: str = "rrf", k: NonNegativeInt = 60, weights: Mapping[str, float] | None = None,
-                 normalization: str = "minmax", sources: Sequence[str] | None = None, top_k: PositiveInt | None = None):
-        if method not in METHODS:
-            raise ConfigError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)}")
-        if normalization not in NORMALIZATIONS:
-            raise ConfigError(f"unknown normalization {normalization!r}; use one of {', '.join(NORMALIZATIONS)}")
-        if k < 0:
-            raise ConfigError("k must be >= 0")
+    def __init__(self, method: Method = "rrf", k: NonNegativeInt = 60, weights: Mapping[str, float] | None = None,
+                 normalization: Normalization = "minmax", sources: Sequence[str] | None = None,
+                 top_k: PositiveInt | None = None):
         self.method = method
         self.k = k
         self.weights = dict(weights) if weights else None

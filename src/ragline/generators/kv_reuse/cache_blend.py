@@ -44,15 +44,6 @@ MASK_PER_LAYER_TYPE = ("gemma3_text", "qwen2", "qwen3")
 MASKED_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
-def check_blend_settings(fraction: float, check_layer: int) -> None:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"blend_fraction is the share of context tokens recomputed, in [0, 1]; got {fraction!r}")
-    # Layer 0 sees no other token: blocks and a full prefill agree there, and
-    # a selection at it would rank float noise.
-    if isinstance(check_layer, bool) or not isinstance(check_layer, int) or check_layer < 1:
-        raise ConfigError(f"blend_check_layer must be a layer index >= 1; got {check_layer!r}")
-
-
 @torch.inference_mode()
 def blend(model, layout: BlockLayout, context_ids: Sequence[int], fraction: float, check_layer: int = 1) -> BlockLayout:
     """``layout`` (the block layout of ``context_ids``) with ``fraction`` of its

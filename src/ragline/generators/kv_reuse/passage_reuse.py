@@ -36,37 +36,36 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 from ragline.engine.errors import ConfigError, user_facing_kernel
 from ragline.engine.lm.prompts import PromptBuilder
+from ragline.engine.settings import NonNegativeInt, PositiveInt, UnitInterval, check_options, check_settings
 from ragline.engine.types import Passage
 from ragline.generators.backend import Generation, Sampling
 from ragline.generators.kv_reuse.block_attention import prefill_block, rotary_frequencies, slice_block
 from ragline.generators.kv_reuse.block_layout import BlockLayout, lay_out
 from ragline.generators.kv_reuse.block_prompt import BlockPrompt, block_prompt
 from ragline.generators.kv_reuse.block_store import BlockStore
-from ragline.generators.kv_reuse.cache_blend import blend, check_blend_settings
+from ragline.generators.kv_reuse.cache_blend import blend
 from ragline.generators.kv_reuse.layout_store import LayoutStore
+from ragline.generators.kv_reuse.modes import CachedMode, check_mode_options
 
 log = logging.getLogger(__name__)
 
-KV_REUSE_MODES = ("none", "full", "block", "sink", "blend")
 # Room left after a layout's blocks for a question and its answer: enough for
 # most, so that the next question over the same blocks fits too.
 LAYOUT_ROOM = 256
 
 
 class PassageKVReuse:
-    def __init__(self, generator, mode: str = "block", sink_tokens: int | None = None,
-                 memory_bytes: int = 2 << 30, directory: str | None = None, shift: str = "auto",
-                 layout_bytes: int = 1 << 30, blend_fraction: float = 0.15, blend_check_layer: int = 1):
-        if mode not in KV_REUSE_MODES[1:]:
-            raise ConfigError(f"kv_reuse must be one of {', '.join(KV_REUSE_MODES)}; got {mode!r}")
-        check_blend_settings(blend_fraction, blend_check_layer)
-        if sink_tokens is not None and sink_tokens < 0:
-            raise ConfigError("sink_tokens must be >= 0")
-        if layout_bytes < 0:
-            raise ConfigError("layout_bytes must be >= 0")
+    # The annotations are the schema of the generate stage's kv_options.
+    def __init__(self, generator, mode: CachedMode = "block", sink_tokens: NonNegativeInt | None = None,
+                 memory_bytes: NonNegativeInt = 2 << 30, directory: str | None = None,
+                 shift: Literal["auto", "torch", "triton"] = "auto", layout_bytes: NonNegativeInt = 1 << 30,
+                 blend_fraction: UnitInterval = 0.15, blend_check_layer: PositiveInt = 1):
+        """Made by the generate stage, which checks its ``kv_options`` with
+        ``check_options`` when the pipeline is built."""
         self.generator = generator
         self.mode = mode
         self.sink_tokens = sink_tokens
@@ -81,11 +80,24 @@ class PassageKVReuse:
         self._inv_freq = None
         self._shift = None
 
+    @staticmethod
+    def check_options(mode: str, options: dict[str, Any] | None, owner: str = "generate") -> None:
+        """``kv_options`` for ``mode``: unknown keys, values against the
+        annotations above, and the rules that span the mode and its options."""
+        check_settings(owner, PassageKVReuse.__init__, {"mode": mode})
+        check_options(owner, "kv_options", PassageKVReuse.__init__, options, of="kv reuse",
+                      fixed=("generator", "mode"))
+        check_mode_options(mode, options, owner)
+
     def warm_up(self) -> None:
         if self.store is not None:
             return
         self.generator.warm_up()
         model = self.generator.lm
+        layers = model.config.get_text_config().num_hidden_layers
+        if self.mode == "blend" and self.blend_check_layer >= layers:
+            raise ConfigError(f"generate: kv_options.blend_check_layer: {self.blend_check_layer} is beyond "
+                              f"{self.generator.model}'s layers (it has {layers}: 0 to {layers - 1})")
         self._inv_freq = rotary_frequencies(model)  # refuses models and RoPE types it cannot shift
         self.store = BlockStore(self.generator.model, self.memory_bytes, self.directory)
         self.layouts = LayoutStore(self.layout_bytes)
