@@ -104,16 +104,17 @@ KILL_AT_STEP = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from swap_kill_points import die, install
     from ragline.engine.index import build
-    from ragline.engine.registry import INDEX_BUILDERS, register
+    from ragline.engine.index.component import IndexBuilder, IndexComponent
+    from ragline.engine.registry import INDEX_COMPONENTS, register
 
-    class Null:  # an index component that costs nothing: the test is about the folder
+    class Null(IndexBuilder):  # an index component that costs nothing: the test is about the folder
         name = "null"
         def open(self, folder): folder.mkdir(); (folder / "data").write_text("new")
-        def add(self, passages): pass
+        def add(self, passages, previous_rows=None): pass
         def close(self): return {{"count": 0}}
         def abort(self): pass
 
-    register(INDEX_BUILDERS, "null", Null)
+    register(INDEX_COMPONENTS, "null", IndexComponent(Null))
     step, exchange = sys.argv[1], sys.argv[2] == "exchange"
     install(step, {out!r}, exchange)
     if step == "while_feeding":

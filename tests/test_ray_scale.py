@@ -205,18 +205,19 @@ def test_ray_is_imported_only_when_asked_for(tmp_path):
     corpus.write_text('{"id": "a", "text": "alpha"}\n{"id": "b", "text": "beta"}\n')
     script = textwrap.dedent(f"""
         import sys
-        from ragline.engine.registry import INDEX_BUILDERS, register
+        from ragline.engine.registry import INDEX_COMPONENTS, register
         import ragline.cli.main, ragline.eval.cli, ragline.engine.batch_run, ragline.engine.index.distributed
         from ragline.engine.index.build import build_index
+        from ragline.engine.index.component import IndexBuilder, IndexComponent
 
-        class Counting:
+        class Counting(IndexBuilder):
             name = "counting"
             def open(self, folder): folder.mkdir()
-            def add(self, passages): self.n = getattr(self, "n", 0) + len(passages)
+            def add(self, passages, previous_rows=None): self.n = getattr(self, "n", 0) + len(passages)
             def close(self): return {{"count": self.n}}
             def abort(self): pass
 
-        register(INDEX_BUILDERS, "counting", Counting)
+        register(INDEX_COMPONENTS, "counting", IndexComponent(Counting))
         assert build_index({str(corpus)!r}, {str(tmp_path / "idx")!r}, {{"counting": {{}}}})["passages"] == 2
         assert "ray" not in sys.modules, sorted(m for m in sys.modules if m.startswith("ray"))
         sys.modules["ray"] = None  # as if it were not installed

@@ -93,6 +93,7 @@ def index(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Index folder to create; an existing ragline index there is replaced atomically, anything else is refused.")],
     bm25: Annotated[bool, typer.Option("--bm25", help="Build a BM25 (Lucene) component.")] = False,
     dense: Annotated[Optional[str], typer.Option("--dense", help="Build a dense component with this encoder (hub id, path, or 'default').")] = None,
+    component: Annotated[Optional[list[str]], typer.Option("--component", help="Build this registered index component with its default settings (repeatable; any in the ragline.index_components entry-point group).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, beir, trec, jsonl or dir.")] = "auto",
     faiss: Annotated[str, typer.Option("--faiss", help="FAISS preset (flat, hnsw, ivfpq) or index_factory string.")] = "flat",
     encoder_backend: Annotated[Optional[str], typer.Option("--encoder-backend", help="What runs the dense encoder, for indexing and queries alike: torch (default), onnx or onnx-int8 (ONNX Runtime on the CPU, exported once; int8 is faster and slightly less exact).")] = None,
@@ -107,8 +108,9 @@ def index(
     ray: RayAddress = None,
     workers: RayWorkers = None,
 ) -> None:
-    """Build an index over a corpus: BM25, dense, or both (default: both); or update one (--update)."""
+    """Build an index over a corpus: BM25, dense, both (default), or any registered component; or update one (--update)."""
     from ragline.engine.index.build import build_index
+    from ragline.engine.index.component import index_component
     from ragline.engine.lm.encoders import DEFAULT_ENCODER
 
     workers = _ray_workers(ray, workers)
@@ -118,15 +120,15 @@ def index(
         raise typer.BadParameter("an update is all or nothing; there is no build to resume", param_hint="'--resume'")
     if update:
         _update_index(corpus, out_dir, fmt, delete, delete_missing, _encoding_errors(encoding_errors),
-                      settings_given=bm25 or dense is not None or window is not None or overlap or faiss != "flat"
-                      or encoder_backend is not None)
+                      settings_given=bm25 or dense is not None or bool(component) or window is not None or overlap
+                      or faiss != "flat" or encoder_backend is not None)
         return
     if delete is not None or delete_missing:
         raise typer.BadParameter("only with --update", param_hint="'--delete' / '--delete-missing'")
     if window is not None and overlap >= window:
         raise typer.BadParameter(f"{overlap} must be smaller than --window ({window})", param_hint="'--overlap'")
-    components: dict[str, dict] = {}
-    if not bm25 and dense is None:
+    components: dict[str, dict] = {name: {} for name in component or [] if index_component(name)}
+    if not bm25 and dense is None and not components:
         bm25, dense = True, "default"
     if encoder_backend is not None and dense is None:
         raise typer.BadParameter("only with a dense component (--dense)", param_hint="'--encoder-backend'")
@@ -148,7 +150,7 @@ def _update_index(corpus: Path, out_dir: Path, fmt: str, delete: Optional[Path],
     from ragline.engine.index.update import read_ids, update_index
 
     if settings_given:
-        raise typer.BadParameter("an update uses the settings the index was built with; leave out --bm25, --dense, "
+        raise typer.BadParameter("an update uses the settings the index was built with; leave out --bm25, --dense, --component, "
                                  "--faiss, --encoder-backend, --window and --overlap (or rebuild without --update)",
                                  param_hint="'--update'")
     ids = read_ids(delete, encoding_errors) if delete is not None else []
@@ -167,7 +169,7 @@ def query(
     index_dir: Annotated[Path, typer.Argument(help="Index folder.")],
     text: Annotated[str, typer.Argument(help="The query.")],
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="How many passages to show.")] = 10,
-    retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
+    retriever: Annotated[str, typer.Option(help="auto, hybrid (every component of the index, fused), or one component: bm25, dense, or any registered.")] = "auto",
     filters: Filters = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -201,7 +203,7 @@ def search(
     topics: Annotated[Path, typer.Option("--topics", help="Topics: TREC, BEIR queries.jsonl, or qid<TAB>text.")],
     output: Annotated[Path, typer.Option("--output", help="TREC run file to write.")],
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Results per query.")] = 1000,
-    retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
+    retriever: Annotated[str, typer.Option(help="auto, hybrid (every component of the index, fused), or one component: bm25, dense, or any registered.")] = "auto",
     tag: Annotated[str, typer.Option(help="Run tag (last column).")] = "ragline",
     filters: Filters = None,
     encoding_errors: EncodingErrors = "strict",
@@ -268,7 +270,7 @@ def ask(
     index_dir: Annotated[Path, typer.Argument(help="Index folder.")],
     question: Annotated[str, typer.Argument(help="The question.")],
     pipeline_file: Annotated[Optional[Path], typer.Option("--pipeline", help="Pipeline YAML; stages that read an index and name none read INDEX_DIR. A 'generate' stage is added if it has none.")] = None,
-    retriever: Annotated[str, typer.Option(help="Without --pipeline: auto, bm25, dense or hybrid.")] = "auto",
+    retriever: Annotated[str, typer.Option(help="Without --pipeline: auto, hybrid, or one component (bm25, dense, or any registered).")] = "auto",
     reranker: Annotated[Optional[str], typer.Option("--reranker", help="Without --pipeline: rerank with this cross-encoder (hub id or folder).")] = None,
     depth: Annotated[int, typer.Option(min=1, help="Without --pipeline: candidates retrieved (and reranked).")] = 50,
     passages: Annotated[int, typer.Option("--passages", "-k", min=1, help="Without --pipeline: passages shown to the generator.")] = 5,

@@ -1,7 +1,7 @@
-"""Names → classes, for stages and index builders.
+"""Names → classes, for stages and index components.
 
-Built-in stages are declared as entry points in pyproject.toml (groups
-``ragline.stages`` and ``ragline.index_builders``), so the engine finds them
+Built-in ones are declared as entry points in pyproject.toml (groups
+``ragline.stages`` and ``ragline.index_components``), so the engine finds them
 without importing any stage module up front, and another installed package can
 add its own. ``register`` adds one from code (user stages, tests) and
 ``unregister`` takes it back.
@@ -15,9 +15,9 @@ from typing import Any
 from ragline.engine.errors import ConfigError
 
 STAGES = "ragline.stages"
-INDEX_BUILDERS = "ragline.index_builders"
+INDEX_COMPONENTS = "ragline.index_components"
 
-_registered: dict[str, dict[str, Any]] = {STAGES: {}, INDEX_BUILDERS: {}}
+_registered: dict[str, dict[str, Any]] = {STAGES: {}, INDEX_COMPONENTS: {}}
 
 
 def register(group: str, name: str, cls: Any) -> None:

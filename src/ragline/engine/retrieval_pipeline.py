@@ -1,8 +1,10 @@
-"""The retrieval pipelines the CLI offers by name: bm25, dense, or hybrid
-(BM25 + dense fused with reciprocal rank fusion).
+"""The retrieval pipelines the CLI offers by name: one index component's
+retriever (``bm25``, ``dense``, or any registered component), ``hybrid``
+(every component the index has, fused with reciprocal rank fusion), or
+``auto`` (hybrid where the index has several, else its one).
 
-Stages are looked up by their registered names, so the engine does not import
-the retriever modules.
+Components and stages are looked up by their registered names, so the engine
+does not import the retriever modules.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ragline.engine.errors import IndexNotFound, InputError
+from ragline.engine.index.component import component_names, index_component
 from ragline.engine.index.layout import IndexDir
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.registry import STAGES, lookup
 from ragline.engine.types import Hit
 
-RETRIEVERS = ("auto", "bm25", "dense", "hybrid")
+
+def retriever_names() -> list[str]:
+    """What ``--retriever`` accepts."""
+    return ["auto", "hybrid", *component_names(searchable=True)]
 
 
 def retrieval_pipeline(index_path: str, retriever: str = "auto", k: int = 10, top_k: int | None = None,
@@ -23,31 +29,25 @@ def retrieval_pipeline(index_path: str, retriever: str = "auto", k: int = 10, to
     """``k`` results per query; ``depth`` is how many each retriever fetches
     before fusion (default: max(k, 100)); ``filter``: a metadata filter every
     retriever applies (engine/index/filters.py)."""
-    if retriever not in RETRIEVERS:
-        raise InputError(f"unknown retriever {retriever!r}; use one of {', '.join(RETRIEVERS)}")
+    known = retriever_names()
+    if retriever not in known:
+        raise InputError(f"unknown retriever {retriever!r}; use one of {', '.join(known)}")
     index = IndexDir.open(index_path)
+    built = [name for name in known[2:] if name in index.components]
+    if not built:
+        raise IndexNotFound(f"index {index.path} has no retrieval component")
     if retriever == "auto":
-        retriever = "hybrid" if {"bm25", "dense"} <= set(index.components) else _only_component(index)
+        retriever = "hybrid" if len(built) > 1 else built[0]
     if retriever != "hybrid":
         index.component(retriever)  # a clear error if it was not built
-        stages = [lookup(STAGES, retriever)(index=index_path, k=k, filter=filter)]
+        stages = [index_component(retriever).retriever(index=index_path, k=k, filter=filter)]
+    elif len(built) < 2:
+        raise InputError(f"hybrid retrieval fuses several components; index {index.path} has only {built[0]}")
     else:
-        for name in ("bm25", "dense"):
-            index.component(name)
         depth = depth or max(k, 100)
-        stages = [
-            lookup(STAGES, "bm25")(index=index_path, k=depth, filter=filter),
-            lookup(STAGES, "dense")(index=index_path, k=depth, filter=filter),
-            lookup(STAGES, "fuse")(method="rrf", top_k=k),
-        ]
+        stages = [index_component(name).retriever(index=index_path, k=depth, filter=filter) for name in built]
+        stages.append(lookup(STAGES, "fuse")(method="rrf", top_k=k))
     return Pipeline(stages, top_k=k if top_k is None else top_k)
-
-
-def _only_component(index: IndexDir) -> str:
-    known = [c for c in index.components if c in ("bm25", "dense")]
-    if not known:
-        raise IndexNotFound(f"index {index.path} has no retrieval component")
-    return known[0]
 
 
 def fold_to_documents(hits: Sequence[Hit]) -> list[tuple[str, float]]:

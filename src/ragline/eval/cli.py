@@ -42,10 +42,12 @@ def _pipeline(index: Optional[Path], pipeline: Optional[Path], retriever: str, k
         raise InputError("give --index DIR (built if absent) or --pipeline CONFIG.yaml")
     if not index.exists() and corpus is not None:
         from ragline.engine.index.build import build_index
-        from ragline.engine.lm.encoders import DEFAULT_ENCODER
+        from ragline.engine.index.component import index_component
 
-        wanted = {"bm25": ["bm25"], "dense": ["dense"], "hybrid": ["bm25", "dense"], "auto": ["bm25"]}[retriever]
-        components = {name: ({"encoder": DEFAULT_ENCODER} if name == "dense" else {}) for name in wanted}
+        # A component's builder defaults are its defaults here too; hybrid
+        # (and auto's first choice) builds the two built-in components.
+        wanted = {"hybrid": ["bm25", "dense"], "auto": ["bm25"]}.get(retriever, [retriever])
+        components = {name: {} for name in wanted if index_component(name)}
         out.print(f"building {', '.join(wanted)} index at {index}")
         build_index(corpus, index, components, ray=ray, workers=workers)
     return retrieval_pipeline(str(index), retriever, k=k, top_k=0)
@@ -56,7 +58,7 @@ def eval_beir(
     data: Annotated[str, typer.Argument(help="BEIR folder, or a dataset name (scifact, nfcorpus, ...) to download.")],
     index: Annotated[Optional[Path], typer.Option(help="Index folder; built from the corpus if absent.")] = None,
     pipeline: Annotated[Optional[Path], typer.Option(help="Pipeline YAML (instead of --index/--retriever).")] = None,
-    retriever: Annotated[str, typer.Option(help="auto, bm25, dense or hybrid.")] = "auto",
+    retriever: Annotated[str, typer.Option(help="auto, hybrid (every component of the index, fused), or one component: bm25, dense, or any registered.")] = "auto",
     split: Annotated[str, typer.Option(help="qrels split.")] = "test",
     k: Annotated[int, typer.Option("--k", min=1, help="Results per query.")] = 1000,
     metrics: Annotated[str, typer.Option(help="Comma-separated, e.g. nDCG@10,Recall@100,MAP@100.")] = "nDCG@10,Recall@100,MAP@100",

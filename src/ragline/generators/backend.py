@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from ragline.engine.types import Sampling
 
@@ -51,6 +52,33 @@ class GeneratorBackend(abc.ABC):
         if on_text is not None:
             on_text(result.text)
         return result
+
+
+@runtime_checkable
+class TokenLevelBackend(Protocol):
+    """What passage KV reuse (``kv_reuse/``) needs from a backend beyond
+    ``GeneratorBackend``: the model and tokenizer in this process, prompts as
+    token ids, generation that continues from an assembled cache, and the
+    likelihood of a continuation. The ``hf`` backend is one; a server is not."""
+
+    model: str
+    lm: Any  # the loaded transformers model (after warm_up)
+    tokenizer: Any
+
+    def warm_up(self) -> None: ...
+
+    def check_window(self, prompts: list[list[int]], sampling: Sampling) -> None:
+        """Refuse, with advice, prompts that do not fit the model's window with the answer."""
+
+    def generate_ids(self, prompt: list[int], sampling: Sampling, on_text: Callable[[str], None] | None = None,
+                     past_key_values: Any = None) -> Generation:
+        """One prompt as token ids; ``past_key_values`` may already hold its first tokens."""
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """An answer's tokens as the model would write it after the prompt."""
+
+    def continuation_nll(self, prompt: list[int], continuation: list[int]) -> float:
+        """Mean negative log-likelihood per token of ``continuation`` after ``prompt``."""
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -20,7 +20,7 @@ from ragline.engine.lm.prompts import PromptBuilder, cited_passages, kept_contex
 from ragline.engine.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
 from ragline.engine.stage import Stage
 from ragline.engine.types import Answer, Query
-from ragline.generators.backend import Generation, GeneratorBackend, Sampling
+from ragline.generators.backend import Generation, GeneratorBackend, Sampling, TokenLevelBackend
 from ragline.generators.backend_registry import BackendName, check_backend_options, make_backend
 from ragline.generators.kv_reuse.modes import KVReuseMode, check_mode_options
 
@@ -92,6 +92,8 @@ class Generate(Stage):
         if self.kv_reuse != "none":
             from ragline.generators.kv_reuse.passage_reuse import PassageKVReuse
 
+            if not isinstance(self.backend, TokenLevelBackend):  # the hf backend is; checked at construction
+                raise ConfigError(f"generate: kv_reuse: the {self.backend_name} backend cannot reuse passage KV")
             self.reuse = PassageKVReuse(self.backend, self.kv_reuse, **self.kv_options)
             self.reuse.warm_up()
 
@@ -142,28 +144,29 @@ class Generate(Stage):
             return batch
         for query, conversation in zip(batch, conversations):
             pieces = None if on_text is None else functools.partial(on_text, query)
-            if self.reuse is not None:
-                self._generate_reusing(query, conversation, pieces)
+            if self._from_cached_passages(query):
+                self._generate_reusing(query, pieces)
             else:
                 self._attach(query, self.backend.generate_one(conversation, self.sampling_for(query), pieces))
+                if self.reuse is not None:
+                    query.note(kv_reuse="skipped: a context without kept ranges")
         return batch
 
-    def _generate_reusing(self, query: Query, conversation: list[dict],
-                          on_text: Callable[[str], None] | None = None) -> Query:
-        sampling = self.sampling_for(query)
-        if query.context is not None and query.kept is None:
-            # A context that is only text (no kept ranges): nothing per passage to reuse.
-            generation = self.backend.generate_one(conversation, sampling, on_text)
-            self._attach(query, generation)
-            query.note(kv_reuse="skipped: a context without kept ranges")
-            return query
+    def _from_cached_passages(self, query: Query) -> bool:
+        """Whether ``query`` is answered (and scored) from cached passage
+        blocks: KV reuse is on, and a compressor's context, if any, came with
+        the ranges it kept (a context that is only text has nothing per
+        passage to reuse)."""
+        return self.reuse is not None and (query.context is None or query.kept is not None)
+
+    def _generate_reusing(self, query: Query, on_text: Callable[[str], None] | None) -> None:
         kept = query.kept if query.context is not None else None
-        generation, stats = self.reuse.generate(self.prompts, query.text, query.passages, sampling, on_text, kept)
+        generation, stats = self.reuse.generate(self.prompts, query.text, query.passages, self.sampling_for(query),
+                                                on_text, kept)
         if "context" in stats:  # the pruned cache's tokens, exactly
             query.context = stats.pop("context")
         self._attach(query, generation)
         query.note(**stats)
-        return query
 
     def answer_nll(self, query: Query, answer: str) -> float | None:
         """Mean negative log-likelihood per token of ``answer`` (e.g. the gold
@@ -171,7 +174,7 @@ class Generate(Stage):
         the very cache — this stage answered ``query`` from (after ``run``).
         None where the backend cannot score text."""
         self.warm_up()
-        if self.reuse is not None and (query.context is None or query.kept is not None):
+        if self._from_cached_passages(query):
             kept = query.kept if query.context is not None else None
             return self.reuse.answer_nll(self.prompts, query.text, query.passages,
                                          self.backend.answer_ids(answer), kept)

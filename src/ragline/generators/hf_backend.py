@@ -95,7 +95,7 @@ class HFGenerator(GeneratorBackend):
                         on_text: Callable[[str], None] | None = None, past_key_values=None) -> list[Generation]:
         import torch
 
-        self._check_window(prompts, sampling)
+        self.check_window(prompts, sampling)
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.lm.device)
@@ -139,7 +139,7 @@ class HFGenerator(GeneratorBackend):
             self._stop_checks[stops] = StoppingCriteriaList([StopStringCriteria(self.tokenizer, list(stops))])
         return self._stop_checks[stops]
 
-    def _check_window(self, prompts: list[list[int]], sampling: Sampling) -> None:
+    def check_window(self, prompts: list[list[int]], sampling: Sampling) -> None:
         window = getattr(self.lm.config, "max_position_embeddings", None)
         longest = max(len(p) for p in prompts)
         if window and longest + sampling.max_new_tokens > window:

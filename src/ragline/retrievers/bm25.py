@@ -16,6 +16,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from ragline.engine.index.component import IndexBuilder, IndexComponent
 from ragline.engine.index.docstore import Selection
 from ragline.engine.index.layout import IndexDir, read_consistently
 from ragline.engine.settings import NonNegativeFloat, PositiveInt, UnitInterval
@@ -34,7 +35,7 @@ def _default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-class BM25IndexBuilder:
+class BM25IndexBuilder(IndexBuilder):
     """Has no ``resume``: a resumed build re-indexes the passages committed
     before the interruption from the document store (engine/index/build.py),
     which costs little next to encoding them, rather than reopening Lucene's
@@ -55,7 +56,7 @@ class BM25IndexBuilder:
         directory.mkdir(parents=True)
         self._indexer = lucene_indexer(directory, self.threads)
 
-    def add(self, passages: list[Passage]) -> None:
+    def add(self, passages: list[Passage], previous_rows: list[int | None] | None = None) -> None:
         self._indexer.add_batch_dict([{"id": p.id, "contents": p.indexed_text()} for p in passages])
         self._count += len(passages)
 
@@ -157,3 +158,6 @@ def _pyserini_search(searcher, texts: list[str], k: int, threads: int,
                  .add(id_filter, occur.FILTER).build())
         found.append([(hit.docid, hit.score) for hit in searcher.object.search(query, k)])
     return found
+
+
+BM25_INDEX = IndexComponent(BM25IndexBuilder, BM25)

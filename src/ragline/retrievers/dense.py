@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ragline.engine.errors import EncoderMismatch, RaglineError
+from ragline.engine.index.component import IndexBuilder, IndexComponent
 from ragline.engine.index.docstore import Selection
 from ragline.engine.index.layout import IndexDir, read_consistently
 from ragline.engine.lm.encoders import (
@@ -46,8 +47,10 @@ EMBEDDINGS = "embeddings.f32"
 FAISS_FILE = "faiss.index"
 
 
-class DenseIndexBuilder:
+class DenseIndexBuilder(IndexBuilder):
     name = "dense"
+    can_reuse = True
+    can_resume = True
 
     def __init__(self, encoder: str = DEFAULT_ENCODER, factory: str = "flat", batch_size: int = 64, device: str | None = None,
                  backend: str = "torch"):
@@ -257,3 +260,6 @@ class Dense(Retriever):
     def search(self, texts: list[str], k: int | None = None,
                allowed: Selection | None = None) -> list[list[tuple[str, float]]]:
         return self.search_vectors(self.encode(texts), k, allowed)
+
+
+DENSE_INDEX = IndexComponent(DenseIndexBuilder, Dense)

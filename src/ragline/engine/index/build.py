@@ -1,20 +1,9 @@
 """Building an index: stream the corpus once, feed every component, then
 rename the finished folder into place.
 
-Components (``bm25``, ``dense``, or any registered in the
-``ragline.index_builders`` entry-point group) follow one small protocol::
-
-    builder.open(folder)        # before the first passage
-    builder.add(passages)       # a batch at a time
-    builder.close() -> dict     # finish; settings to record in meta.json
-    builder.abort()             # release resources after a failure
-
-Updates (engine/index/update.py) rebuild a component from what it recorded:
-``Builder.settings_from_meta(recorded) -> dict`` gives the constructor's
-arguments. A component that can reuse its previous work also has
-``builder.reuse(previous_folder)``, and is then fed
-``builder.add(passages, previous_rows)``: each passage's row in the previous
-index when it is unchanged, else ``None``.
+Components (``bm25``, ``dense``, or any registered, see component.py) are
+written by their ``IndexBuilder``: opened, fed every batch, closed; aborted
+if anything fails.
 
 Every batch is committed as it is fed: ``add`` returns once the component's
 share of the batch is durable (or cheap to redo), then the document store
@@ -44,11 +33,11 @@ from ragline.engine.atomic import atomic_directory, check_replaceable, refuse_ov
 from ragline.engine.data.chunking import passages_of
 from ragline.engine.data.corpus import detect_format, read_corpus
 from ragline.engine.errors import InputError
+from ragline.engine.index.component import index_component
 from ragline.engine.index.docstore import DocStore, content_hash
 from ragline.engine.index.layout import DOCSTORE, FORMAT_VERSION, META
 from ragline.engine.index.progress import documents_progress, estimate_documents
 from ragline.engine.index.resume import Committed, Resumption, build_journal, remove_journal, write_journal
-from ragline.engine.registry import INDEX_BUILDERS, lookup
 from ragline.engine.types import Passage
 
 log = logging.getLogger(__name__)
@@ -96,11 +85,11 @@ def build_index(
         check_address(ray)
     if fmt == "auto" and corpus.exists():
         fmt = detect_format(corpus, encoding_errors)
-    builders = [lookup(INDEX_BUILDERS, name)(**dict(params)) for name, params in components.items()]
+    builders = [index_component(name).builder(**dict(params)) for name, params in components.items()]
     hashes: list[tuple[str, str, str]] = []  # documents read since the last commit
     read = functools.partial(corpus_passages, corpus, fmt, encoding_errors, window, overlap)
     passages = read(hashes)
-    settings = {name: _settings(lookup(INDEX_BUILDERS, name), params) for name, params in components.items()}
+    settings = {name: _settings(index_component(name).builder, params) for name, params in components.items()}
     journal = build_journal(corpus, fmt, encoding_errors, window, overlap, settings)
     resumption = Resumption(journal, passages, hashes, Path(out)) if resume else None
 
@@ -170,7 +159,7 @@ def opened_components(builders: list, folder: Path, previous: Path | None = None
                 opened.append(builder)
             else:
                 _bring_up(builder, folder / builder.name, resumed, opened)
-            if previous is not None and hasattr(builder, "reuse"):
+            if previous is not None and builder.can_reuse:
                 builder.reuse(previous / builder.name)
         yield opened
     except BaseException:
@@ -184,7 +173,7 @@ def _bring_up(builder, path: Path, store: DocStore, opened: list) -> None:
     passages committed in ``store``: it continues its own work where it can,
     else it starts again and is fed those passages from the store."""
     committed = store.count()
-    if committed and hasattr(builder, "resume"):
+    if committed and builder.can_resume:
         builder.resume(path, committed)
         opened.append(builder)
         return

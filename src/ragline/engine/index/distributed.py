@@ -78,7 +78,7 @@ def ray_batches(read, hashes: list, encoders: dict[str, dict[str, Any]], skip: i
 def encoding_components(builders: list) -> dict[str, dict[str, Any]]:
     """How each component that encodes passages encodes them, by name; a build
     with none (BM25 alone) has nothing for Ray to do, and runs without it."""
-    encoders = {b.name: b.encoder_settings() for b in builders if hasattr(b, "encoder_settings")}
+    encoders = {b.name: settings for b in builders if (settings := b.encoder_settings()) is not None}
     if not encoders:
         log.warning("--ray: no component encodes passages (BM25 is built on the driver anyway); building without Ray")
     return encoders

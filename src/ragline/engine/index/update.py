@@ -41,11 +41,11 @@ from ragline.engine.atomic import atomic_directory, refuse_overlap, remove_stale
 from ragline.engine.data.chunking import chunk_document
 from ragline.engine.data.corpus import detect_format, read_corpus
 from ragline.engine.data.text import read_lines
-from ragline.engine.errors import InputError, RaglineError
+from ragline.engine.errors import InputError
 from ragline.engine.index.build import is_index, opened_components
+from ragline.engine.index.component import index_component
 from ragline.engine.index.docstore import DocStore, content_hash
 from ragline.engine.index.layout import DOCSTORE, META, IndexDir
-from ragline.engine.registry import INDEX_BUILDERS, lookup
 from ragline.engine.types import Document, Passage
 
 log = logging.getLogger(__name__)
@@ -145,11 +145,8 @@ def _exclusive(out: Path) -> Iterator[None]:
 
 
 def _builder_for(name: str, recorded: dict[str, Any]):
-    cls = lookup(INDEX_BUILDERS, name)
-    settings_from_meta = getattr(cls, "settings_from_meta", None)
-    if settings_from_meta is None:
-        raise RaglineError(f"the {name} component cannot be updated (its builder has no settings_from_meta); rebuild the index")
-    return cls(**settings_from_meta(recorded))
+    builder = index_component(name).builder
+    return builder(**builder.settings_from_meta(recorded))
 
 
 class _Incoming:
@@ -252,7 +249,7 @@ def _write(plan: _Plan, previous: DocStore, incoming: _Incoming, store: DocStore
                 store.add(passages, origins)
                 store.add_documents([d for d in documents if d[1] is not None])
                 for builder in opened:
-                    if hasattr(builder, "reuse"):
+                    if builder.can_reuse:
                         builder.add(passages, rows)
                     else:
                         builder.add(passages)

@@ -42,7 +42,7 @@ from ragline.engine.errors import ConfigError, user_facing_kernel
 from ragline.engine.lm.prompts import PromptBuilder
 from ragline.engine.settings import NonNegativeInt, PositiveInt, UnitInterval, check_options, check_settings
 from ragline.engine.types import Passage
-from ragline.generators.backend import Generation, Sampling
+from ragline.generators.backend import Generation, Sampling, TokenLevelBackend
 from ragline.generators.kv_reuse.block_attention import prefill_block, rotary_frequencies, slice_block
 from ragline.generators.kv_reuse.block_layout import BlockLayout, lay_out
 from ragline.generators.kv_reuse.block_prompt import BlockPrompt, block_prompt
@@ -60,7 +60,7 @@ LAYOUT_ROOM = 256
 
 class PassageKVReuse:
     # The annotations are the schema of the generate stage's kv_options.
-    def __init__(self, generator, mode: CachedMode = "block", sink_tokens: NonNegativeInt | None = None,
+    def __init__(self, generator: TokenLevelBackend, mode: CachedMode = "block", sink_tokens: NonNegativeInt | None = None,
                  memory_bytes: NonNegativeInt = 2 << 30, directory: str | None = None,
                  shift: Literal["auto", "torch", "triton"] = "auto", layout_bytes: NonNegativeInt = 1 << 30,
                  blend_fraction: UnitInterval = 0.15, blend_check_layer: PositiveInt = 1):
@@ -114,7 +114,7 @@ class PassageKVReuse:
         started = time.perf_counter()
         prompt = block_prompt(self.generator.tokenizer, builder, question, passages, kept)
         ids = prompt.all_ids
-        self.generator._check_window([ids], sampling)
+        self.generator.check_window([ids], sampling)
         before = dict(self.store.stats)
         if self.mode == "full":
             generation = self.generator.generate_ids(ids, sampling, on_text)
