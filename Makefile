@@ -78,11 +78,12 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -c "from ragline.engine.stage_reference import write_reference; write_reference('docs/stages.md')"
 
-# Every data reader on random and damaged files, with many more examples than
-# the test suite's 25 per reader (a few minutes); failing inputs are kept in
-# .cache/hypothesis and replayed first by later runs.
+# Every data reader on random and damaged files, and the metadata-filter
+# parser and compiler on generated and damaged filters, with many more examples
+# than the test suite's 25 each (a few minutes); failing reader inputs are kept
+# in .cache/hypothesis and replayed first by later runs.
 fuzz: $(STAMP)
-	RAGLINE_FUZZ_EXAMPLES=$${RAGLINE_FUZZ_EXAMPLES:-2000} $(BIN)/python -m pytest tests/test_reader_fuzz.py $(PYTEST_ARGS)
+	RAGLINE_FUZZ_EXAMPLES=$${RAGLINE_FUZZ_EXAMPLES:-2000} $(BIN)/python -m pytest tests/test_reader_fuzz.py tests/test_filter_fuzz.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/retrieval.py

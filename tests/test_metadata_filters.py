@@ -34,9 +34,9 @@ def synthetic_metadata(i: int) -> dict:
 # A Python reading of the filters' meaning, to check the SQL against.
 def reference(node, metadata: dict) -> bool:
     if isinstance(node, Both):
-        return reference(node.left, metadata) and reference(node.right, metadata)
+        return all(reference(operand, metadata) for operand in node.operands)
     if isinstance(node, Either):
-        return reference(node.left, metadata) or reference(node.right, metadata)
+        return any(reference(operand, metadata) for operand in node.operands)
     if isinstance(node, Not):
         return not reference(node.operand, metadata)
     if node.field not in metadata:
@@ -136,6 +136,61 @@ def test_parse_tree_shape():
     assert tree == Either(Comparison("a", "=", (1,), ("1",)),
                           Both(Comparison("b", "=", (2,), ("2",)),
                                Not(Comparison("c", "in", ("x", "y z"), ("x", None)))))
+    # A chain is one node, however it is grouped.
+    assert parse_filters("a=1 or b=2 or c=3") == parse_filters("(a=1 or b=2) or c=3") == Either(
+        *(Comparison(name, "=", (i,), (str(i),)) for i, name in enumerate("abc", 1)))
+
+
+@pytest.fixture(scope="module")
+def unusual_store(tmp_path_factory):
+    """Field names a JSON path spells badly: accents, other scripts, quotes, backslashes."""
+    store = DocStore(tmp_path_factory.mktemp("unusual") / "docs.sqlite", create=True)
+    store.add([Passage(f"p{i}", f"p{i}", "text", metadata={"année": 2000 + i, "语言": "en" if i % 2 else "zh",
+                                                              'a"b': i % 3, "back\\slash": [i % 4, 9], "x.y": i})
+               for i in range(40)])
+    store.commit()
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("année>=2010", {f"p{i}" for i in range(10, 40)}),
+    ("not année>=2010", {f"p{i}" for i in range(10)}),
+    ("语言=en", {f"p{i}" for i in range(1, 40, 2)}),
+    ("'a\"b'=2", {f"p{i}" for i in range(40) if i % 3 == 2}),
+    ("'a\"b' != 2 and année < 2006", {f"p{i}" for i in range(6) if i % 3 != 2}),
+    ("'back\\\\slash' = 3", {f"p{i}" for i in range(40) if i % 4 == 3}),
+    ("'back\\\\slash' in (9)", {f"p{i}" for i in range(40)}),
+    ("'x.y' = 7", {"p7"}),
+])
+def test_field_names_with_any_characters_match(unusual_store, text, expected):
+    assert unusual_store.select(parse_filters(text)).ids == expected
+
+
+def test_a_thousand_ored_comparisons_work_and_nest_nothing(store):
+    text = " or ".join(f"year={1990 + i % 35}" for i in range(1000))
+    assert store.select(parse_filters(text)).ids == store.select(parse_filters("year>=1990")).ids
+    text = " and ".join(f"year!={3000 + i}" for i in range(1000))
+    assert len(store.select(parse_filters(text)).ids) == 300
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("(" * 400 + "year=1" + ")" * 400, r"column 33: nested more than 32 deep"),
+    ("not " * 400 + "year=1", r"nested more than 32 deep"),
+    (" or ".join(["year=1"] * 5000), r"more than 4096 comparisons"),
+    ("year in (" + ",".join(["1"] * 13000) + ")", r"more than 12000 values"),
+])
+def test_the_filter_languages_limits_are_one_clear_error(text, message):
+    with pytest.raises(FilterError, match=message):
+        parse_filters(text)
+
+
+def test_the_largest_filters_within_the_limits_run(store):
+    store.select(parse_filters("(" * 32 + "year>1" + ")" * 32))
+    assert store.select(parse_filters("not " * 32 + "year>2000")).ids == store.select(parse_filters("year>2000")).ids
+    # The deepest mix: 'not (' and 'or (' alternating to the limit.
+    store.select(parse_filters("not (year<0 or (" * 10 + "year>1" + "))" * 10))  # 30 deep
+    store.select(parse_filters(" or ".join(f"tags in ({i}, {i + 1}, {i + 2})" for i in range(4000))))
 
 
 # ------------------------------------------------------------------ readers

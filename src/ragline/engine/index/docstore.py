@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ragline.engine.errors import InputError
-from ragline.engine.index.filters import BOOL, LIST, NUMBER, OTHER, STRING, Node, compile_filter
+from ragline.engine.index.filters import BOOL, LIST, NUMBER, OTHER, STRING, FilterError, Node, compile_filter
 from ragline.engine.types import Hit, Passage, Query
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,13 @@ class DocStore:
         """The passages whose metadata passes the filter ``tree``."""
         condition, parameters = compile_filter(tree, self.metadata_fields)
         with self._lock:
-            matched = self._conn.execute(f"SELECT row, id FROM passages WHERE {condition} ORDER BY row",
-                                         parameters).fetchall()
+            try:
+                matched = self._conn.execute(f"SELECT row, id FROM passages WHERE {condition} ORDER BY row",
+                                             parameters).fetchall()
+            except sqlite3.OperationalError as error:  # the filter language's limits keep this away; in case not
+                if "too many" in str(error) or "too large" in str(error) or "stack overflow" in str(error):
+                    raise FilterError(f"the filter is too large for the document store ({error})") from None
+                raise
         return Selection(tuple(row for row, _ in matched), frozenset(pid for _, pid in matched))
 
     def doc_ids(self, ids: Iterable[str]) -> dict[str, str]:

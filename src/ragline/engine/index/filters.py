@@ -21,7 +21,14 @@ Grammar (words are case-insensitive)::
 
 A field whose documents hold lists (``tags: [a, b]``) matches ``=`` and ``in``
 when any element does. Several filters given together (``--filter`` twice, a
-list in YAML) must all hold.
+list in YAML) must all hold. Field names may hold any character (quote them:
+``'a"b'=3``, ``année>=2010`` needs no quotes).
+
+Limits, far above what a person writes and checked before any SQL is made:
+``MAX_NESTING`` parentheses and ``not`` inside one another,
+``MAX_COMPARISONS`` comparisons, ``MAX_VALUES`` values in all. A chain of
+``or`` (or ``and``) is one node however long, compiled to a balanced SQL
+condition, so a thousand comparisons joined by ``or`` nest four deep.
 """
 
 from __future__ import annotations
@@ -37,6 +44,12 @@ from ragline.engine.errors import ConfigError
 
 class FilterError(ConfigError):
     """A filter that cannot be parsed or does not fit the index's metadata."""
+
+
+MAX_NESTING = 32
+MAX_COMPARISONS = 4096
+# Every value becomes one or two SQL parameters; SQLite allows 32,766.
+MAX_VALUES = 12_000
 
 
 # Kinds of metadata values, as recorded per field in the document store.
@@ -68,16 +81,25 @@ class Not:
     operand: Node
 
 
-@dataclass(frozen=True)
-class Both:  # and
-    left: Node
-    right: Node
+@dataclass(frozen=True, init=False)
+class Both:  # and: every operand holds
+    operands: tuple[Node, ...]
+
+    def __init__(self, *operands: Node):
+        object.__setattr__(self, "operands", _flat(Both, operands))
 
 
-@dataclass(frozen=True)
-class Either:  # or
-    left: Node
-    right: Node
+@dataclass(frozen=True, init=False)
+class Either:  # or: some operand holds
+    operands: tuple[Node, ...]
+
+    def __init__(self, *operands: Node):
+        object.__setattr__(self, "operands", _flat(Either, operands))
+
+
+def _flat(kind: type, operands: tuple) -> tuple:
+    """``a and (b and c)`` is one node of three operands."""
+    return tuple(inner for node in operands for inner in (node.operands if isinstance(node, kind) else (node,)))
 
 
 Node = Union[Comparison, Not, Both, Either]
@@ -123,6 +145,9 @@ class _Parser:
         self.text = text
         self.tokens = self._tokenize(text)
         self.at = 0
+        self.depth = 0
+        self.comparisons = 0
+        self.values = 0
 
     def _tokenize(self, text: str) -> list[_Token]:
         tokens, position = [], 0
@@ -168,28 +193,32 @@ class _Parser:
         return node
 
     def _or(self) -> Node:
-        node = self._and()
+        operands = [self._and()]
         while self._is_word("or"):
             self._next()
-            node = Either(node, self._and())
-        return node
+            operands.append(self._and())
+        return operands[0] if len(operands) == 1 else Either(*operands)
 
     def _and(self) -> Node:
-        node = self._not()
+        operands = [self._not()]
         while self._is_word("and"):
             self._next()
-            node = Both(node, self._not())
-        return node
+            operands.append(self._not())
+        return operands[0] if len(operands) == 1 else Both(*operands)
 
     def _not(self) -> Node:
-        if self._is_word("not"):
-            self._next()
-            return Not(self._not())
         token = self._peek()
-        if token.kind == "punct" and token.text == "(":
+        if self._is_word("not") or (token.kind == "punct" and token.text == "("):
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise self._error(f"nested more than {MAX_NESTING} deep (parentheses and 'not')", token.column)
             self._next()
-            node = self._or()
-            self._expect(")")
+            if token.kind == "punct":
+                node = self._or()
+                self._expect(")")
+            else:
+                node = Not(self._not())
+            self.depth -= 1
             return node
         return self._comparison()
 
@@ -200,6 +229,9 @@ class _Parser:
             raise self._error(f"expected {punct!r}, found {found}", token.column)
 
     def _comparison(self) -> Comparison:
+        self.comparisons += 1
+        if self.comparisons > MAX_COMPARISONS:
+            raise self._error(f"more than {MAX_COMPARISONS} comparisons", self._peek().column)
         field = self._next()
         if field.kind not in ("word", "string") or (field.kind == "word" and field.text.lower() in _KEYWORDS):
             found = "the end" if field.kind == "end" else repr(field.text)
@@ -222,6 +254,9 @@ class _Parser:
 
     def _value(self) -> tuple[Any, str | None]:
         """The value, and its text when written without quotes."""
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise self._error(f"more than {MAX_VALUES} values", self._peek().column)
         token = self._next()
         if token.kind == "string":
             return token.text, None
@@ -244,16 +279,24 @@ def compile_filter(tree: Node, fields: dict[str, set[str]]) -> tuple[str, list[A
     """``(SQL condition, parameters)`` over a ``metadata`` column of JSON
     objects, after checking every comparison against ``fields`` (field name →
     kinds of value its documents hold)."""
-    if isinstance(tree, Both):
-        left, right = compile_filter(tree.left, fields), compile_filter(tree.right, fields)
-        return f"({left[0]} AND {right[0]})", left[1] + right[1]
-    if isinstance(tree, Either):
-        left, right = compile_filter(tree.left, fields), compile_filter(tree.right, fields)
-        return f"({left[0]} OR {right[0]})", left[1] + right[1]
+    if isinstance(tree, (Both, Either)):
+        parts = [compile_filter(operand, fields) for operand in tree.operands]
+        return _balanced([sql for sql, _ in parts], " AND " if isinstance(tree, Both) else " OR "), [
+            p for _, parameters in parts for p in parameters]
     if isinstance(tree, Not):
         inner, parameters = compile_filter(tree.operand, fields)
-        return f"(NOT COALESCE({inner}, 0))", parameters
+        return f"({inner} IS NOT 1)", parameters  # conditions are 1, 0 or NULL (absent): NULL counts as false
     return _compile_comparison(tree, fields)
+
+
+def _balanced(parts: list[str], joiner: str, run: int = 8) -> str:
+    """``parts`` joined, grouped as a balanced tree: SQLite parses ``a OR b OR
+    c ...`` into an expression as deep as the chain is long (and refuses
+    past 1,000); grouped in runs of ``run``, a chain of n is log(n) deep."""
+    if len(parts) <= run:
+        return "(" + joiner.join(parts) + ")"
+    step = -(-len(parts) // run)  # ceil: at most `run` groups
+    return _balanced([_balanced(parts[i:i + step], joiner, run) for i in range(0, len(parts), step)], joiner, run)
 
 
 def _compile_comparison(comparison: Comparison, fields: dict[str, set[str]]) -> tuple[str, list[Any]]:
@@ -263,7 +306,7 @@ def _compile_comparison(comparison: Comparison, fields: dict[str, set[str]]) -> 
         raise FilterError(f"unknown metadata field {name!r} (known fields: {known})")
     kinds = fields[name]
     values = [_as_kind(name, kinds, value, bare) for value, bare in zip(comparison.values, comparison.bare)]
-    path = "$." + json.dumps(name)
+    value_of, type_of, elements_of, path = _field_access(name)
     if op in ("<", "<=", ">", ">="):
         kind = value_kind(values[0])
         if BOOL in kinds or LIST in kinds or value_kind(comparison.values[0]) == BOOL:
@@ -271,19 +314,33 @@ def _compile_comparison(comparison: Comparison, fields: dict[str, set[str]]) -> 
         # Only values of the comparison's own kind take part: SQLite would
         # otherwise order every number below every string.
         sql_type = "('integer', 'real')" if kind == NUMBER else "('text')"
-        return (f"(json_type(metadata, ?) IN {sql_type} AND json_extract(metadata, ?) {op} ?)",
-                [path, path, values[0]])
+        return (f"({type_of} IN {sql_type} AND {value_of} {op} ?)", [path, path, values[0]])
     members = ",".join("?" * len(values))
-    scalar = f"json_extract(metadata, ?) IN ({members})"
+    scalar = f"{value_of} IN ({members})"
     if LIST in kinds:
-        listed = f"EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE json_each.value IN ({members}))"
-        condition = f"(CASE json_type(metadata, ?) WHEN 'array' THEN {listed} ELSE {scalar} END)"
+        listed = f"EXISTS (SELECT 1 FROM {elements_of} AS element WHERE element.value IN ({members}))"
+        condition = f"(CASE {type_of} WHEN 'array' THEN {listed} ELSE {scalar} END)"
         parameters = [path, path, *values, path, *values]
     else:
         condition, parameters = f"({scalar})", [path, *values]
     if op == "!=":
-        return f"(json_type(metadata, ?) IS NOT NULL AND NOT {condition})", [path, *parameters]
+        return f"({type_of} IS NOT NULL AND NOT {condition})", [path, *parameters]
     return condition, parameters
+
+
+def _field_access(name: str) -> tuple[str, str, str, str]:
+    """SQL for a field's value, its JSON type and its elements, each taking
+    one parameter (the last item). A JSON path reads keys as stored (UTF-8,
+    unescaped: ``json.dumps`` with its default ``\\u00e9`` escapes matched
+    nothing); SQLite's paths cannot hold a ``"``, so such a name is looked up
+    among the object's keys instead, as are names with a backslash or a
+    control character."""
+    if name.isprintable() and '"' not in name and "\\" not in name:
+        path = "$." + json.dumps(name, ensure_ascii=False)
+        return "json_extract(metadata, ?)", "json_type(metadata, ?)", "json_each(metadata, ?)", path
+    member = "(SELECT field.value FROM json_each(metadata) AS field WHERE field.key = ?)"
+    kind = "(SELECT field.type FROM json_each(metadata) AS field WHERE field.key = ?)"
+    return member, kind, f"json_each({member})", name
 
 
 def _as_kind(name: str, kinds: set[str], value: Any, bare: str | None) -> Any:
