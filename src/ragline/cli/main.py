@@ -330,6 +330,8 @@ def serve(
     shutdown_timeout: Annotated[float, typer.Option(min=0, help="On SIGTERM: seconds requests in flight may take to finish.")] = 30.0,
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Require 'Authorization: Bearer <the value of this environment variable>'.")] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")] = False,
+    docs: Annotated[bool, typer.Option("--docs", help="Serve /docs and /openapi.json (behind the token when there is one).")] = False,
+    allowed_hosts: Annotated[Optional[list[str]], typer.Option("--allowed-hosts", help="A Host the server answers to besides localhost, 127.0.0.1, ::1 and --host (repeatable; a name or an address).")] = None,
 ) -> None:
     """Serve pipelines over HTTP: /v1/search, /v1/ask, OpenAI-compatible /v1/chat/completions."""
     from ragline.serve.settings import ServeSettings
@@ -339,7 +341,8 @@ def serve(
     settings = ServeSettings(batch_wait_ms=batch_wait_ms, max_batch=max_batch, max_queue=max_queue,
                              request_timeout_s=timeout, max_k=max_k, max_tokens=max_tokens, max_question_chars=max_question_chars,
                              max_body_bytes=max_body_bytes,
-                             shutdown_timeout_s=shutdown_timeout, api_key=api_key_from(api_key_env))
+                             shutdown_timeout_s=shutdown_timeout, api_key=api_key_from(api_key_env), docs=docs,
+                             allowed_hosts=(*ServeSettings.allowed_hosts, host, *(allowed_hosts or ())))
     pipelines = load_pipelines(pipeline_files, str(index_dir) if index_dir else None)
     run_server(pipelines, settings, host=host, port=port, access_log=access_log)
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from ragline.engine.pipeline import Pipeline
 from ragline.serve import openai_compat, routes
 from ragline.serve.errors import install_error_handlers
+from ragline.serve.hosts import AllowedHosts
 from ragline.serve.observe import ObserveRequests
 from ragline.serve.settings import ServeSettings
 from ragline.serve.state import ServerState
@@ -31,11 +32,17 @@ def create_app(pipelines: Mapping[str, Pipeline], settings: ServeSettings | None
         yield
         await state.close()
 
-    app = FastAPI(title="ragline", summary="Retrieval and RAG pipelines over HTTP", lifespan=lifespan)
+    # The interactive docs and the schema are off unless asked for, and then
+    # behind the token like every /v1 route.
+    app = FastAPI(title="ragline", summary="Retrieval and RAG pipelines over HTTP", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ragline = state
     app.include_router(routes.router)
     app.include_router(routes.api)
     app.include_router(openai_compat.router)
+    if state.settings.docs:
+        app.include_router(routes.docs_router(app))
     install_error_handlers(app)
     app.add_middleware(ObserveRequests, metrics=state.metrics)
+    app.add_middleware(AllowedHosts, hosts=state.settings.allowed_hosts)  # outermost: refuses before anything runs
     return app

@@ -16,6 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ragline.serve.metrics import ServerMetrics
 
 
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 class ObserveRequests:
     def __init__(self, app: ASGIApp, metrics: ServerMetrics):
         self.app = app
@@ -25,7 +29,7 @@ class ObserveRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex[:16]
+        request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500  # what the client gets if the app raises before answering
         started = time.perf_counter()

@@ -89,3 +89,20 @@ def checked_filter(served, query_filter: str | None) -> None:
         served.check_filter(query_filter)
     except FilterError as error:
         raise ApiError(422, f"filter: {error}", param="filter") from None
+
+
+def docs_router(app) -> APIRouter:
+    """``/openapi.json`` and ``/docs`` (``ragline serve --docs``), behind the token like the API."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    docs = APIRouter(dependencies=[Depends(require_token)], include_in_schema=False)
+
+    @docs.get("/openapi.json")
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @docs.get("/docs")
+    async def swagger() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="ragline")
+
+    return docs

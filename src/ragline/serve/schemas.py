@@ -171,6 +171,12 @@ Body = TypeVar("Body", bound=BaseModel)
 
 
 async def read_request(request: Request, model: type[Body], settings: ServeSettings) -> Body:
+    # JSON only: a form or text/plain body is what a web page may POST across
+    # origins without asking first, and it must not spend the server's compute.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(415, f"the body must be JSON sent as Content-Type: application/json "
+                            f"(got {media_type or 'no Content-Type'})")
     body = await _read_body(request, settings.max_body_bytes)
     try:
         return model.model_validate_json(body, strict=True, context={"settings": settings})

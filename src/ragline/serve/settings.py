@@ -30,6 +30,11 @@ class ServeSettings:
     shutdown_timeout_s: float = 30.0
     #: Bearer token every /v1 route and /metrics require; None: no auth.
     api_key: str | None = None
+    #: Serve /docs and /openapi.json (behind the token when there is one).
+    docs: bool = False
+    #: Host header values answered (a name or an address, any port): anything
+    #: else is refused, so a web page cannot reach a local server by DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 
     def __post_init__(self):
         positive = {name: getattr(self, name) for name in (
