@@ -9,6 +9,7 @@ import torch
 from tiny_causal_lms import random_blocks, tiny_model
 
 from ragline.engine.errors import ConfigError
+from ragline.engine.lm.cache_argument import with_cache
 from ragline.generators.kv_reuse.block_attention import final_block_logits, prefill_block, rotary_frequencies
 from ragline.generators.kv_reuse.block_layout import lay_out
 from ragline.generators.kv_reuse.cache_blend import blend, value_deviation
@@ -113,7 +114,7 @@ def test_the_chosen_tokens_are_those_whose_values_deviate_most_at_the_check_laye
     layout = block_layout(model, blocks)
     cache = DynamicCache()
     with torch.no_grad():
-        model(input_ids=torch.tensor([context]), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([context]), **with_cache(model, cache), use_cache=True)
     for check_layer in (0, 1):
         fresh = cache.layers[check_layer].values
         expected = (fresh - layout.values[check_layer][..., :30, :]).pow(2).sum(dim=(0, 1, 3))

@@ -17,6 +17,7 @@ from tiny_causal_lms import random_blocks, tiny_model
 
 from ragline.engine.index.docstore import MemoryStore
 from ragline.engine.lm.attention_probe import AttentionProbe, span_ids_from_ranges
+from ragline.engine.lm.cache_argument import with_cache
 from ragline.engine.types import Hit, Passage, Query
 
 
@@ -230,7 +231,7 @@ def test_each_layer_moves_its_keys_with_its_own_rope_base():
     cached = prefill_block(model, ids)
     shifted = DynamicCache()  # the same tokens run at positions 40..49: only RoPE differs
     with torch.no_grad():
-        model(input_ids=torch.tensor([ids]), position_ids=torch.arange(40, 50)[None], past_key_values=shifted)
+        model(input_ids=torch.tensor([ids]), position_ids=torch.arange(40, 50)[None], **with_cache(model, shifted))
     for layer, keys in enumerate(cached.keys):
         moved = rope_shift_reference(keys, 40, layer_frequencies(inv_freq, layer))
         assert (moved - shifted.layers[layer].keys).abs().max() <= 1e-5

@@ -195,9 +195,13 @@ def check_replaceable(path: Path, kind: str, recognise: Callable[[Path], bool] |
     if path.is_dir() and not path.is_symlink():
         if (path / MARKER).is_file() or (recognise is not None and recognise(path)) or not any(path.iterdir()):
             return
-        raise InputError(f"{path} exists and is not a {kind} ragline wrote; refusing to replace it "
+        raise InputError(f"{path} exists and is not {_a(kind)} ragline wrote; refusing to replace it "
                          "(remove it yourself, or choose another place)")
-    raise InputError(f"{path} exists and is not a folder; refusing to replace it with a {kind}")
+    raise InputError(f"{path} exists and is not a folder; refusing to replace it with {_a(kind)}")
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def _locked_temporary(path: Path, kind: str) -> tuple[Path, int]:

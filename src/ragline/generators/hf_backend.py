@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ragline.engine.errors import RaglineError
+from ragline.engine.lm.cache_argument import with_cache
 from ragline.engine.lm.causal_lm import load_causal_lm
 from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.lm.prompt_spans import prompt_ids
@@ -110,7 +111,7 @@ class HFGenerator(GeneratorBackend):
         if sampling.stop:
             options["stopping_criteria"] = self._stop_criteria(tuple(sampling.stop))
         if past_key_values is not None:
-            options["past_key_values"] = past_key_values
+            options.update(with_cache(self.lm, past_key_values))
         started = time.perf_counter()
         # generate() samples from torch's global generator: seed it inside a
         # fork of the global state, so the caller's random stream is untouched.

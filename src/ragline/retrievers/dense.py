@@ -54,7 +54,7 @@ class DenseIndexBuilder(IndexBuilder):
 
     def __init__(self, encoder: str = DEFAULT_ENCODER, factory: str = "flat", batch_size: int = 64, device: str | None = None,
                  backend: str = "torch"):
-        self.encoder = encoder
+        self.encoder = DEFAULT_ENCODER if encoder == "default" else encoder
         self.factory = factory
         self.batch_size = batch_size
         self.device = device
@@ -65,6 +65,11 @@ class DenseIndexBuilder(IndexBuilder):
         self._count = 0
         self._previous: np.ndarray | None = None
         self.encoded = 0  # passages encoded (not copied from a previous index)
+
+    @classmethod
+    def canonical_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        encoder = DEFAULT_ENCODER if settings["encoder"] == "default" else settings["encoder"]
+        return {**settings, "encoder": canonical_model_id(encoder)}
 
     @staticmethod
     def settings_from_meta(recorded: dict[str, Any]) -> dict[str, Any]:

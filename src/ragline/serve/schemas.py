@@ -13,7 +13,7 @@ honour (``n`` only 1) and refuses the others by name rather than ignore them.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Request
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
@@ -56,6 +56,12 @@ def _listed(value):
     return [value] if isinstance(value, str) else value
 
 
+def _filter_shape(value: Any) -> Any:
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return value
+    raise ValueError(f"must be a filter string or a list of them (got {type(value).__name__})")
+
+
 def _filter(value: str | list[str]) -> str:
     """A metadata filter, checked for syntax (fields are checked against the
     index before the request is queued); a list must all hold."""
@@ -75,7 +81,7 @@ def _text_parts(value):
 
 
 Question = Annotated[str, AfterValidator(_question)]
-Filter = Annotated[str | list[str], AfterValidator(_filter)]
+Filter = Annotated[Any, BeforeValidator(_filter_shape), AfterValidator(_filter)]
 K = Annotated[int, Field(ge=1), AfterValidator(_at_most("max_k"))]
 MaxTokens = Annotated[int, Field(ge=1), AfterValidator(_at_most("max_tokens"))]
 Stops = Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]],
@@ -83,7 +89,8 @@ Stops = Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CH
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # NaN and infinity are not settings (JSON parsers accept them as numbers).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _Sampling(_Strict):
@@ -136,11 +143,16 @@ class ChatMessage(_Strict):
 
 
 def _asks_something(messages: list[ChatMessage], info: ValidationInfo) -> list[ChatMessage]:
-    """The last user message is the question: there must be one, and it must be one."""
-    users = [m for m in messages if m.role == "user"]
+    """The last user message is the question: there must be one, and it must
+    be one; a fault in it is named by its place (``messages[2].content``)."""
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
     if not users:
         raise ValueError("has no message with role 'user' (its text is the question)")
-    _question(users[-1].text(), info)
+    try:
+        _question(messages[users[-1]].text(), info)
+    except ValueError as error:
+        field = f"messages[{users[-1]}].content"
+        raise ApiError(422, f"{field}: {error} (the last user message is the question)", param=field) from None
     return messages
 
 

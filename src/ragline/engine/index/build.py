@@ -127,10 +127,10 @@ def build_index(
 
 
 def _settings(builder_class, params: Mapping[str, Any]) -> dict[str, Any]:
-    """A component's constructor arguments with its defaults filled in."""
+    """A component's constructor arguments with its defaults filled in, as its builder spells them."""
     bound = inspect.signature(builder_class).bind(**params)
     bound.apply_defaults()
-    return dict(bound.arguments)
+    return builder_class.canonical_settings(dict(bound.arguments))
 
 
 def _store(folder: Path, journal: dict[str, Any], committed: Committed | None) -> DocStore:

@@ -50,6 +50,13 @@ class IndexBuilder(abc.ABC):
         """Constructor arguments that rebuild the component as it was built."""
         return {}
 
+    @classmethod
+    def canonical_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """The constructor's arguments with one spelling per meaning (a model's
+        short name and its hub id are one encoder): a resumed build compares
+        its settings with the killed build's in this form."""
+        return settings
+
     @abc.abstractmethod
     def open(self, directory: Path) -> None: ...
 

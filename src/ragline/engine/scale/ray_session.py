@@ -75,6 +75,8 @@ def check_address(address: str) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise InputError(f"--ray {address!r}: give auto, local, or the head node's HOST:PORT (port 6379 by default)")
+    if not 1 <= int(port) <= 65535:
+        raise InputError(f"--ray {address!r}: {port} is not a port (1 to 65535)")
     try:
         with socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S):
             pass

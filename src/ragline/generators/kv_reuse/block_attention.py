@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ragline.engine.errors import RaglineError
+from ragline.engine.lm.cache_argument import with_cache
 from ragline.generators.kv_reuse.rope_bases import has_rope_per_layer_type, layer_frequencies, per_layer_frequencies
 
 # RoPE variants whose angle is (position × fixed frequency), so that a shift
@@ -82,7 +83,7 @@ def prefill_block(model, token_ids: Sequence[int], sink_ids: Sequence[int] = ())
     # window's worth of keys, and a block needs them all. The mask still
     # applies each layer's window.
     cache = DynamicCache()
-    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=ids, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
     keys = [layer.keys[..., sink:, :] for layer in cache.layers]
     values = [layer.values[..., sink:, :] for layer in cache.layers]
     if sink:
@@ -147,7 +148,7 @@ def final_block_logits(model, cache, final_ids: Sequence[int]) -> torch.Tensor:
     start = cache.get_seq_length()
     ids = torch.tensor([list(final_ids)], device=model.device)
     positions = torch.arange(start, start + len(final_ids), device=model.device)[None]
-    out = model(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True)
+    out = model(input_ids=ids, **with_cache(model, cache), position_ids=positions, use_cache=True)
     return out.logits[0].float()
 
 
@@ -159,7 +160,7 @@ def greedy_from_cache(model, cache, final_ids: Sequence[int], max_new_tokens: in
     generated = [int(logits[-1].argmax())]
     while len(generated) < max_new_tokens and generated[-1] != eos_token_id:
         position = cache.get_seq_length()
-        out = model(input_ids=torch.tensor([[generated[-1]]], device=model.device), past_key_values=cache,
+        out = model(input_ids=torch.tensor([[generated[-1]]], device=model.device), **with_cache(model, cache),
                     position_ids=torch.tensor([[position]], device=model.device), use_cache=True)
         generated.append(int(out.logits[0, -1].argmax()))
     return generated

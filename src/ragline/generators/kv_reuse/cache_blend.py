@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import torch
 
 from ragline.engine.errors import ConfigError
+from ragline.engine.lm.cache_argument import with_cache
 from ragline.generators.kv_reuse.block_layout import BlockLayout
 
 # Model types whose forward takes a {layer type: mask} dict (their layers
@@ -81,7 +82,7 @@ def value_deviation(model, layout: BlockLayout, context_ids: Sequence[int], chec
     ids = torch.tensor([list(context_ids)], device=model.device)
     cache = _capturing_cache_class()(check_layer)
     try:
-        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=ids, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
     except _Captured:
         pass
     fresh = cache.captured  # (1, kv_heads, length, head_dim)
@@ -94,7 +95,7 @@ def _recompute(model, layout: BlockLayout, context_ids: Sequence[int], chosen: t
     writing their fresh keys and values into it as each layer computes them."""
     ids = torch.tensor([[context_ids[i] for i in chosen.tolist()]], device=model.device)
     cache = _scatter_cache(model.config, layout, chosen)
-    model(input_ids=ids, position_ids=chosen[None], past_key_values=cache, use_cache=True, logits_to_keep=1,
+    model(input_ids=ids, position_ids=chosen[None], **with_cache(model, cache), use_cache=True, logits_to_keep=1,
           attention_mask=_masks(model, chosen, layout.length, layout.keys[0].dtype))
 
 
