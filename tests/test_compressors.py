@@ -140,10 +140,15 @@ def test_sentinel_probe_files_are_checked(tiny_lm, sentinel_probe_file, tmp_path
     data = json.loads(sentinel_probe_file.read_text())
     data["coef"] = data["coef"][:3]
     short = tmp_path / "short.json"
+    short.write_text(json.dumps(data))  # edited, its checksum kept: refused as changed
+    with pytest.raises(InputError, match=r"short.json: this Sentinel probe was changed or damaged after it was written"):
+        SentinelProbe.load(short)
+    del data["checksum"]  # as written by hand, or before probes had checksums: its contents are checked
     short.write_text(json.dumps(data))
     with pytest.raises(InputError, match="vector sizes"):
         SentinelProbe.load(short)
     data = json.loads(sentinel_probe_file.read_text())
+    del data["checksum"]
     data.update(layers=3, mean=[0.0] * 12, scale=[1.0] * 12, coef=[0.0] * 12, heads=4)
     wrong_shape = tmp_path / "wrong.json"
     wrong_shape.write_text(json.dumps(data))
@@ -212,6 +217,7 @@ def test_a_probe_of_chosen_heads_with_the_embedding_feature_runs_and_is_checked(
     with pytest.raises(ConfigError, match="sentinel: features: input should be 'attention' or 'attention\\+embedding'"):
         Sentinel(features="attention+bm25")
     data = json.loads(path.read_text())
+    del data["checksum"]  # hand-made variants: their contents are what is checked
     for change, message in (({"selected": [0, 8, 1]}, "outside the 8 attention features"),
                             ({"features": "attention"}, "vector sizes"),
                             ({"pooling": "last+question", "selected": None}, "vector sizes"),

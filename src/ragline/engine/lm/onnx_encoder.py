@@ -40,6 +40,7 @@ import torch
 
 from ragline.engine.atomic import atomic_directory, exclusive_lock
 from ragline.engine.errors import ConfigError
+from ragline.engine.integrity import damage_in, write_manifest
 from ragline.engine.lm.packaged import model_cache_dir
 from ragline.engine.optional import import_optional
 
@@ -77,12 +78,16 @@ def exported_model(encoder) -> Path:
     key = _weights_key(hf_model)
     folder = model_cache_dir() / "onnx" / f"{type(hf_model).__name__}-{key[:24]}"
     if (folder / INT8_FILE).exists():
-        return folder
+        problem = damage_in(folder)  # checked before every use: a damaged export must not rank anything
+        if problem is None:
+            return folder
+        log.warning("the ONNX export in %s is damaged (%s): exporting it again", folder, problem)
     with exclusive_lock(folder.with_name(folder.name + ".lock")):
-        if not (folder / INT8_FILE).exists():  # another process may have made it meanwhile
+        if not (folder / INT8_FILE).exists() or damage_in(folder) is not None:  # another process may have made it
             log.info("exporting the encoder's transformer to ONNX in %s (once)", folder)
-            with atomic_directory(folder, "ONNX export") as tmp:
+            with atomic_directory(folder, "ONNX export") as tmp:  # replaces a damaged one whole
                 _export(encoder, tmp)
+                write_manifest(tmp)
     return folder
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ragline.engine.atomic import atomic_directory, exclusive_lock
 from ragline.engine.errors import MissingDependency
+from ragline.engine.integrity import MANIFEST, damage_in, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +134,42 @@ def _package_file(package: str, relative: str) -> Path | None:
     return path if path.exists() else None
 
 
+# Converted folders already checked in this process: (folder, manifest inode, mtime).
+_verified: set[tuple[str, int, int]] = set()
+
+
 def _once_into_cache(model_id: str, make, needed=True) -> Path | None:
     target = model_cache_dir() / model_id.replace("/", "--")
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() and _intact(target, model_id):
         return target
     if not needed:
         return None
     with exclusive_lock(target.with_name(target.name + ".lock")):
-        if not (target / "config.json").exists():  # another process may have finished it
+        if not (target / "config.json").exists() or _intact(target, model_id, quiet=True) is False:
             log.info("preparing packaged model %s in %s (once)", model_id, target)
-            with atomic_directory(target, "model cache entry") as tmp:
+            with atomic_directory(target, "model cache entry") as tmp:  # replaces a damaged one whole
                 make(tmp)
+                write_manifest(tmp)
     return target
+
+
+def _intact(folder: Path, model_id: str, quiet: bool = False) -> bool:
+    """Whether a converted model's files match the checksums written with them;
+    a damaged one is logged (once) and made again, never loaded. Checked once
+    per process for one written folder (the same manifest file)."""
+    try:
+        stamp = (folder / MANIFEST).stat()
+        written = (str(folder), stamp.st_ino, stamp.st_mtime_ns)
+    except OSError:
+        written = None
+    if written is not None and written in _verified:
+        return True
+    problem = damage_in(folder)
+    if problem is None and written is not None:
+        _verified.add(written)
+    if problem is not None and not quiet:
+        log.warning("the cached conversion of %s in %s is damaged (%s): converting it again", model_id, folder, problem)
+    return problem is None
 
 
 def _split_zip_parts(entry: SplitZip) -> list[Path] | None:

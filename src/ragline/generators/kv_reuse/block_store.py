@@ -6,8 +6,10 @@ another model or tokenizer can never be found, whatever its text. Two tiers:
 - memory: up to ``memory_bytes`` of tensors, least recently used evicted;
 - disk (optional ``directory``): one safetensors file per entry, written to
   a temporary name and renamed, so a crash never leaves a half entry; it
-  survives restarts. A file that cannot be read or does not match its key is
-  deleted and counted as a miss (the block is then recomputed), never an
+  survives restarts. Each entry carries a checksum of its tensors' bytes
+  (engine/integrity.py), checked when it is read. A file that cannot be
+  read, does not match its key or its checksum is deleted, logged and counted
+  as ``discarded`` (the block is then recomputed), never used and never an
   error.
 
 One lock guards the memory tier, so threads of one process may share a store.
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ragline.engine.integrity import digest_tensors
 from ragline.generators.kv_reuse.block_attention import BlockKV
 
 log = logging.getLogger(__name__)
@@ -38,10 +41,13 @@ def block_key(model_id: str, token_ids: Sequence[int]) -> str:
 
 
 class BlockStore:
-    def __init__(self, model_id: str, memory_bytes: int = 2 << 30, directory: str | Path | None = None):
+    def __init__(self, model_id: str, memory_bytes: int = 2 << 30, directory: str | Path | None = None,
+                 verify: bool = True):
+        """``verify=False`` skips the checksum check on reads: for measuring its cost only."""
         self.model_id = model_id
         self.memory_bytes = memory_bytes
         self.directory = Path(directory) if directory else None
+        self.verify = verify
         self._memory: OrderedDict[str, BlockKV] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
@@ -113,6 +119,8 @@ class BlockStore:
                 layers = int(meta["layers"])
                 keys = [handle.get_tensor(f"k{i}") for i in range(layers)]
                 values = [handle.get_tensor(f"v{i}") for i in range(layers)]
+            if self.verify and meta.get("digest") != digest_tensors([*keys, *values]):
+                raise ValueError("its checksum does not match its tensors (damaged, or written without one)")
         except Exception as err:  # unreadable, truncated or foreign: recompute instead of failing generation
             log.warning("discarding the cached block %s (%s: %s); it will be recomputed", path, type(err).__name__, err)
             self.stats["discarded"] += 1
@@ -129,7 +137,9 @@ class BlockStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"k{i}": t.contiguous().cpu() for i, t in enumerate(block.keys)}
         tensors.update({f"v{i}": t.contiguous().cpu() for i, t in enumerate(block.values)})
-        meta = {"model": self.model_id, "token_ids": json.dumps(list(block.token_ids)), "layers": str(len(block.keys))}
+        meta = {"model": self.model_id, "token_ids": json.dumps(list(block.token_ids)), "layers": str(len(block.keys)),
+                "digest": digest_tensors([*(tensors[f"k{i}"] for i in range(len(block.keys))),
+                                          *(tensors[f"v{i}"] for i in range(len(block.values)))])}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             save_file(tensors, str(tmp), metadata=meta)
