@@ -231,3 +231,21 @@ def test_ray_is_imported_only_when_asked_for(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{MissingDependency.__name__} --ray needs ray: pip install 'ragline[ray]'"
+
+
+@pytest.mark.slow
+def test_a_ray_session_leaves_sigsegv_to_the_jvm():
+    # Ray's driver turns on Python's faulthandler; its SIGSEGV handler then ran before the JVM's
+    # (Lucene, in the same process), which raises SIGSEGV on purpose: a 1,400-document BM25 + dense
+    # build on --ray died with "Fatal Python error: Segmentation fault" and exit 134.
+    script = textwrap.dedent("""
+        import faulthandler
+        from ragline.engine.scale.ray_session import ray_session
+        with ray_session("local"):
+            print("inside", faulthandler.is_enabled())
+        print("after", faulthandler.is_enabled())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **LOOPBACK})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["inside", "False", "after", "False"]

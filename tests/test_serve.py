@@ -546,3 +546,52 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(docs_index, tiny_lm, tm
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+@pytest.mark.slow
+def test_sigterm_past_the_shutdown_timeout_answers_503_and_exits_0(docs_index, tmp_path):
+    # Two long answers (SmolLM2, 300 tokens sampled at temperature 2: no early end) in flight when
+    # SIGTERM comes with --shutdown-timeout 1: neither can finish in time. Each must be told so (a
+    # JSON 503 with its request id; the stream an error event) and the process must exit 0 — before,
+    # the worker thread still in torch at exit aborted the process (exit 134, "terminate called").
+    (tmp_path / "qa.yaml").write_text(
+        "stages:\n  - bm25: {k: 2}\n"
+        "  - generate: {model: SmolLM2-135M-Instruct, passages: 2, max_new_tokens: 300}\n")
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    base = f"http://{HOST}:{port}"
+    env = {**os.environ, "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "unused")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ragline.cli", "serve", "--pipeline", str(tmp_path / "qa.yaml"), "--index",
+         str(docs_index), "--host", HOST, "--port", str(port), "--batch-wait-ms", "0", "--shutdown-timeout", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    long_answer = {"question": "Tell me everything about Lucene", "temperature": 2.0, "seed": 1, "max_tokens": 300}
+    try:
+        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 180, "the server to be ready")
+
+        def ask_streamed() -> list[tuple[str, str]]:
+            with httpx.stream("POST", f"{base}/v1/ask", json={**long_answer, "stream": True}, timeout=60) as response:
+                return list(sse_events(response))
+
+        with ThreadPoolExecutor(2) as pool:
+            plain = pool.submit(httpx.post, f"{base}/v1/ask", json=long_answer, timeout=60)
+            wait_for(lambda: metric(base, "ragline_requests_in_flight") >= 1, 10, "the first answer in flight")
+            stream = pool.submit(ask_streamed)
+            wait_for(lambda: metric(base, "ragline_requests_in_flight") >= 2, 10, "both answers in flight")
+            process.send_signal(signal.SIGTERM)
+            response = plain.result()
+            events = stream.result()
+        assert response.status_code == 503 and response.headers["content-type"] == "application/json"
+        body = response.json()
+        assert body["error"]["code"] == 503 and "shutting down" in body["error"]["message"]
+        assert body["request_id"] == response.headers["x-request-id"]
+        event, data = events[-1]
+        assert event == "error" and json.loads(data)["error"]["code"] == 503, events[-3:]
+        assert process.wait(timeout=60) == 0
+        stderr = process.stderr.read()
+        assert "terminate called" not in stderr and "not finished after 1 s answered 503" in stderr, stderr[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

@@ -62,6 +62,7 @@ class MicroBatcher:
         self.max_queue = max_queue
         self.on_batch = on_batch
         self._waiting: list[_Waiting] = []
+        self._running: list[_Waiting] = []  # the batch on the worker now
         self._arrived = asyncio.Event()
         self._batch_seconds = 0.0  # a running average, for Retry-After
         self._task: asyncio.Task | None = None
@@ -75,6 +76,14 @@ class MicroBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         for waiting in self._waiting:
             waiting.future.cancel()
+
+    def abandon(self, error: Exception) -> list[Any]:
+        """Fail every request waiting or running with ``error`` (shutdown past
+        its timeout); the items abandoned, for the caller to stop their work."""
+        abandoned = [w for w in (*self._waiting, *self._running) if not w.future.done()]
+        for waiting in abandoned:
+            waiting.future.set_exception(error)
+        return [w.item for w in abandoned]
 
     @property
     def depth(self) -> int:
@@ -146,11 +155,14 @@ class MicroBatcher:
         operation = batch[0].operation
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self._running = batch
         try:
             results = await asyncio.wrap_future(
                 self.worker.submit(self._run_isolating, operation, [w.item for w in batch]))
         except Exception as error:  # the worker could not run it at all
             results = [_Failed(error)] * len(batch)
+        finally:
+            self._running = []
         seconds = loop.time() - started
         self._batch_seconds = seconds if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * seconds
         if self.on_batch is not None:

@@ -38,6 +38,12 @@ _TYPES = {
 }
 
 
+class ShuttingDown(Exception):
+    """The server stopped waiting for this request: its shutdown timeout passed."""
+
+    message = "the server is shutting down and stopped waiting for this request; send it again"
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -94,5 +100,7 @@ def pipeline_errors(request: Request, doing: str) -> Iterator[None]:
         raise ApiError(429, str(full), headers={"Retry-After": str(full.retry_after)}) from None
     except TimeoutError:
         raise ApiError(504, f"{doing} took longer than the server's request timeout") from None
+    except ShuttingDown as stopping:
+        raise ApiError(503, stopping.message, headers={"Retry-After": "1"}) from None
     except Exception as error:
         raise internal_error(request_id(request), error, doing) from None

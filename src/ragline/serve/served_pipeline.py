@@ -27,6 +27,7 @@ from ragline.engine.types import Query
 from ragline.generators.backend import Sampling
 from ragline.generators.generate import Generate
 from ragline.serve.batching import MicroBatcher
+from ragline.serve.errors import ShuttingDown
 from ragline.serve.settings import ServeSettings
 from ragline.serve.streaming import GenerationCancelled, StopFilter, TextChannel
 from ragline.serve.worker import Worker
@@ -99,6 +100,15 @@ class ServedPipeline:
     async def stop(self) -> None:
         """Stop batching; the shared worker is stopped by the server state."""
         await self.batcher.stop()
+
+    def abandon(self) -> int:
+        """Answer every request waiting or running with ``ShuttingDown`` and
+        stop the streamed generations at their next token; how many."""
+        items = self.batcher.abandon(ShuttingDown())
+        for item in items:
+            if isinstance(item, StreamJob):
+                item.channel.cancel()
+        return len(items)
 
     # -- requests (the event loop's side) -----------------------------------------------------
     def check_filter(self, query_filter: str | None) -> None:

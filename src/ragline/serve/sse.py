@@ -12,7 +12,7 @@ from typing import Any
 
 from sse_starlette import EventSourceResponse
 
-from ragline.serve.errors import error_body, internal_error
+from ragline.serve.errors import ShuttingDown, error_body, internal_error
 from ragline.serve.served_pipeline import AnswerStream
 from ragline.serve.settings import ServeSettings
 
@@ -27,6 +27,8 @@ async def answer_events(stream: AnswerStream, request_id: str, doing: str) -> As
         yield "done", await stream.result()
     except TimeoutError:
         yield "error", error_body(504, f"{doing} took longer than the server's request timeout", None, request_id)
+    except ShuttingDown as stopping:
+        yield "error", error_body(503, stopping.message, None, request_id)
     except Exception as error:
         failure = internal_error(request_id, error, doing)
         yield "error", error_body(500, failure.message, None, request_id)
@@ -34,6 +36,12 @@ async def answer_events(stream: AnswerStream, request_id: str, doing: str) -> As
         stream.cancel()
 
 
+# After the shutdown timeout the server answers what it abandons with an
+# error event; sse-starlette closes streams a little later, once that is sent.
+SHUTDOWN_ERROR_MARGIN_S = 2.0
+
+
 def event_stream(events: AsyncIterator[dict], settings: ServeSettings) -> EventSourceResponse:
     # On shutdown, streams in flight get the same time to finish as every other request.
-    return EventSourceResponse(events, ping=PING_SECONDS, shutdown_grace_period=settings.shutdown_timeout_s)
+    return EventSourceResponse(events, ping=PING_SECONDS,
+                               shutdown_grace_period=settings.shutdown_timeout_s + SHUTDOWN_ERROR_MARGIN_S)

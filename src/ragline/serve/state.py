@@ -48,19 +48,35 @@ class ServerState:
         self._on_ready = on_ready
         self._on_warm_up_failure = on_warm_up_failure
         self._warming: asyncio.Task | None = None
+        #: Whether the worker was still running model code when the server closed.
+        self.worker_left_behind = False
         self.metrics.watch(lambda: {name: p.batcher.depth for name, p in self.pipelines.items()}, self.kv_stores)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.worker.start()
         for served in self.pipelines.values():
             served.start()
         self._warming = asyncio.get_running_loop().create_task(self._warm_up())
 
+    def begin_shutdown(self) -> None:
+        """On SIGTERM (from the signal handler): requests in flight have
+        ``shutdown_timeout_s`` to finish; then whatever is left is answered
+        with a 503 (a stream with an error event) instead of being cut off."""
+        loop = self._loop
+        loop.call_soon_threadsafe(loop.call_later, self.settings.shutdown_timeout_s, self.abandon_work)
+
+    def abandon_work(self) -> None:
+        abandoned = sum(served.abandon() for served in self.pipelines.values())
+        if abandoned:
+            log.warning("shutdown: %d request(s) not finished after %.0f s answered 503", abandoned,
+                        self.settings.shutdown_timeout_s)
+
     async def close(self) -> None:
         if self._warming is not None:
             self._warming.cancel()
         await asyncio.gather(*(p.stop() for p in self.pipelines.values()))
-        await asyncio.to_thread(self.worker.stop, self.settings.shutdown_timeout_s)
+        self.worker_left_behind = not await asyncio.to_thread(self.worker.stop, self.settings.shutdown_timeout_s)
 
     async def _warm_up(self) -> None:
         started = time.perf_counter()

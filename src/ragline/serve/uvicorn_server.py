@@ -2,11 +2,16 @@
 until SIGTERM or Ctrl-C, and stop gracefully.
 
 uvicorn's own shutdown does the graceful part: it stops accepting, lets the
-requests in flight finish (bounded by the shutdown timeout) and runs the
-app's lifespan end. Then it re-raises the signal that stopped it for the
-handler installed before it ran; the command's usual SIGTERM handler would
-turn that into an "interrupted" exit, so while serving both signals are
-received by a handler that does nothing: a graceful stop exits 0.
+requests in flight finish and runs the app's lifespan end. The app bounds it:
+``--shutdown-timeout`` after the signal, whatever is still waiting or running
+is answered with a JSON 503 carrying its request id (a stream, with an
+``error`` event) rather than cut off. Then uvicorn re-raises the signal that
+stopped it for the handler installed before it ran; the command's usual
+SIGTERM handler would turn that into an "interrupted" exit, so while serving
+both signals are received by a handler that does nothing: a graceful stop
+exits 0. A worker still inside model code at that point cannot be stopped
+from Python; the process then ends without running the interpreter's
+teardown (which would abort on torch's running threads, exit 134), still 0.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,7 +78,15 @@ def serve(pipelines: dict[str, Pipeline], settings: ServeSettings, host: str = "
         console.print(f"[green]ready[/]: {', '.join(pipelines)} on http://{host}:{port}", highlight=False)
 
     app = create_app(pipelines, settings, on_ready=say_ready, on_warm_up_failure=stop_on_failure)
-    server = uvicorn.Server(uvicorn.Config(
+    state = app.state.ragline
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # the signal handler, on the event loop's thread
+            if not self.should_exit:
+                state.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(
         app, host=host, port=port, access_log=access_log, log_level="info",
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s + SHUTDOWN_MARGIN_S)))
     console.print(f"warming up {', '.join(pipelines)} (GET /healthz says 503 until ready)", highlight=False)
@@ -81,6 +95,12 @@ def serve(pipelines: dict[str, Pipeline], settings: ServeSettings, host: str = "
     if failures:
         error = failures[0]
         raise error if isinstance(error, RaglineError) else RaglineError(f"warming up failed: {error}")
+    if state.worker_left_behind:
+        log.warning("the model worker is still busy; ending the process without waiting for it")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ connected already (a test, a notebook) keeps its session as it is.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import re
@@ -53,11 +54,21 @@ def ray_session(address: str = "auto") -> Iterator[Any]:
         yield ray
         return
     check_address(address)
+    faulthandler_was_on = faulthandler.is_enabled()
     try:
         ray.init(address=None if address == "auto" else address, include_dashboard=False,
                  logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise InputError(f"cannot connect to Ray at {address!r}: {_first_line(err)}") from None
+    finally:
+        # Ray's driver turns Python's faulthandler on, whose SIGSEGV handler then
+        # runs before the JVM's (BM25 runs Lucene in this process). The JVM
+        # raises SIGSEGV on purpose (implicit null checks, safepoints): the
+        # faulthandler printed "Fatal Python error" and re-raised it with kill(),
+        # which the JVM then took for a real crash (exit 134 on a 1,400-document
+        # build). Off again, it restores the JVM's handler.
+        if not faulthandler_was_on and faulthandler.is_enabled():
+            faulthandler.disable()
     log.info("connected to Ray: %s", _describe(ray.cluster_resources()))
     try:
         yield ray
