@@ -508,22 +508,25 @@ def test_nothing_is_served_before_warm_up():
 # -- graceful shutdown (a real `ragline serve` process) ---------------------------------------------------
 
 
+def serve_process(*options: str) -> tuple[subprocess.Popen, str]:
+    """A real `ragline serve OPTIONS` on a free local port, and its base URL."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**os.environ, "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "unused")}
+    process = subprocess.Popen([sys.executable, "-m", "ragline.cli", "serve", *options, "--host", HOST, "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return process, f"http://{HOST}:{port}"
+
+
 def test_sigterm_finishes_requests_in_flight_and_exits_0(docs_index, tiny_lm, tmp_path):
     (tmp_path / "docs.yaml").write_text("top_k: 2\nstages:\n  - bm25: {k: 2}\n")
     (tmp_path / "qa.yaml").write_text(
         "stages:\n  - bm25: {k: 2}\n"
         f"  - generate: {{model: {tiny_lm}, passages: 2, max_new_tokens: 8, system_prompt: 'Answer.',"
         " options: {device: cpu}}\n")
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    base = f"http://{HOST}:{port}"
-    env = {**os.environ, "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "unused")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ragline.cli", "serve", "--pipeline", str(tmp_path / "docs.yaml"),
-         "--pipeline", str(tmp_path / "qa.yaml"), "--index", str(docs_index), "--host", HOST, "--port", str(port),
-         "--batch-wait-ms", "3000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process, base = serve_process("--pipeline", str(tmp_path / "docs.yaml"), "--pipeline", str(tmp_path / "qa.yaml"),
+                                  "--index", str(docs_index), "--batch-wait-ms", "3000")
     try:
         wait_for(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 90, "the server to be ready")
 
@@ -557,15 +560,8 @@ def test_sigterm_past_the_shutdown_timeout_answers_503_and_exits_0(docs_index, t
     (tmp_path / "qa.yaml").write_text(
         "stages:\n  - bm25: {k: 2}\n"
         "  - generate: {model: SmolLM2-135M-Instruct, passages: 2, max_new_tokens: 300}\n")
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    base = f"http://{HOST}:{port}"
-    env = {**os.environ, "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "unused")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ragline.cli", "serve", "--pipeline", str(tmp_path / "qa.yaml"), "--index",
-         str(docs_index), "--host", HOST, "--port", str(port), "--batch-wait-ms", "0", "--shutdown-timeout", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process, base = serve_process("--pipeline", str(tmp_path / "qa.yaml"), "--index", str(docs_index),
+                                  "--batch-wait-ms", "0", "--shutdown-timeout", "1")
     long_answer = {"question": "Tell me everything about Lucene", "temperature": 2.0, "seed": 1, "max_tokens": 300}
     try:
         wait_for(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 180, "the server to be ready")

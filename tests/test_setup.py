@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -31,11 +32,12 @@ def locked_versions() -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, str]:
-    """What is installed in this environment (sys.prefix): a test that puts
-    another folder on sys.path must not make its packages count."""
-    prefix = Path(sys.prefix).resolve()
+    """What is installed in this environment's site-packages: packages that
+    another folder on sys.path holds (Ray puts its vendored colorama there
+    once imported) are not installed ones."""
+    site_packages = {Path(folder).resolve() for folder in site.getsitepackages()}
     return {normalized(dist.metadata["Name"]): dist.version for dist in importlib.metadata.distributions()
-            if Path(dist.locate_file("")).resolve().is_relative_to(prefix)}
+            if Path(dist.locate_file("")).resolve() in site_packages}
 
 
 def test_the_lock_pins_every_package_with_hashes():
