@@ -15,7 +15,6 @@ from typing import Any
 from ragline.engine.errors import ConfigError
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
-from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.lm.prompts import PromptBuilder, cited_passages, kept_context
 from ragline.engine.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
 from ragline.engine.stage import Stage
@@ -112,10 +111,8 @@ class Generate(Stage):
         return self.prompts.messages(query.text, query.passages, query.context)
 
     def generator_prompt(self) -> dict[str, Any]:
-        settings = {"system_prompt": self.prompts.system_prompt, "cite": self.prompts.cite}
-        if self.backend_name != "http":  # a server's model name says nothing about local weights
-            settings["model"] = canonical_model_id(self.model)
-        return settings
+        # A server's model name says nothing about local weights.
+        return self.prompts.shared_settings(None if self.backend_name == "http" else self.model)
 
     def run(self, batch: list[Query]) -> list[Query]:
         return self._generate(batch, None)

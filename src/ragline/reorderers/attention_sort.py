@@ -15,7 +15,6 @@ import numpy as np
 
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
-from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.lm.prompts import PromptBuilder
 from ragline.engine.settings import KernelChoice, PositiveInt
 from ragline.engine.stage import Stage
@@ -45,8 +44,7 @@ class AttentionSort(Stage):
         self.reader = PassageAttention(model, tokenizer, self.builder, self.backend)
 
     def generator_prompt(self) -> dict[str, Any]:
-        return {"model": canonical_model_id(self.model), "system_prompt": self.builder.system_prompt,
-                "cite": self.builder.cite}
+        return self.builder.shared_settings(self.model)
 
     def run(self, batch: list[Query]) -> list[Query]:
         self.warm_up()

@@ -103,8 +103,7 @@ class AttnRank(Stage):
         self.profile = profile
 
     def generator_prompt(self) -> dict[str, Any]:
-        return {"model": canonical_model_id(self.model), "system_prompt": self.builder.system_prompt,
-                "cite": self.builder.cite}
+        return self.builder.shared_settings(self.model)
 
     def run(self, batch: list[Query]) -> list[Query]:
         self.warm_up()

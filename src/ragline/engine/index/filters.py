@@ -193,18 +193,18 @@ class _Parser:
         return node
 
     def _or(self) -> Node:
-        operands = [self._and()]
-        while self._is_word("or"):
-            self._next()
-            operands.append(self._and())
-        return operands[0] if len(operands) == 1 else Either(*operands)
+        return self._chain("or", self._and, Either)
 
     def _and(self) -> Node:
-        operands = [self._not()]
-        while self._is_word("and"):
+        return self._chain("and", self._not, Both)
+
+    def _chain(self, word: str, operand, node: type) -> Node:
+        """``operand (word operand)*`` as one n-ary ``node`` (the operand alone if there is one)."""
+        operands = [operand()]
+        while self._is_word(word):
             self._next()
-            operands.append(self._not())
-        return operands[0] if len(operands) == 1 else Both(*operands)
+            operands.append(operand())
+        return operands[0] if len(operands) == 1 else node(*operands)
 
     def _not(self) -> Node:
         token = self._peek()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from ragline.engine.lm.packaged import canonical_model_id
 from ragline.engine.types import Passage
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -41,6 +43,16 @@ class PromptBuilder:
     system_prompt: str | None = None
     cite: bool = True
     max_passage_chars: int = 0
+
+    def shared_settings(self, model: str | None) -> dict[str, Any]:
+        """What every stage that reads or writes this prompt must agree on
+        (``Stage.generator_prompt``): the model (canonical id; it fixes the
+        chat template; None where a server's model name says nothing about
+        local weights), the system prompt and the citation mode."""
+        settings: dict[str, Any] = {"system_prompt": self.system_prompt, "cite": self.cite}
+        if model is not None:
+            settings["model"] = canonical_model_id(model)
+        return settings
 
     @property
     def system(self) -> str:
