@@ -76,6 +76,17 @@ def test_json_endpoints_take_only_json(path, content_type):
         assert "Content-Type: application/json" in response.json()["error"]["message"]
 
 
+def test_a_star_answers_any_host():
+    with TestClient(create_app(pipelines(), ServeSettings(allowed_hosts=("*",)))) as http:
+        assert http.get("/healthz", headers={"Host": "rag.example.com"}).status_code == 200
+
+
+def test_a_signal_before_the_app_started_is_harmless():
+    from ragline.serve.state import ServerState
+
+    ServerState(pipelines(), ServeSettings()).begin_shutdown()  # uvicorn's handler may run before the lifespan
+
+
 def test_host_names_lose_their_port():
     assert host_name("[::1]:8000") == "::1" and host_name("Example.COM:80") == "example.com"
     assert host_name("::1") == "::1" and host_name("localhost") == "localhost"

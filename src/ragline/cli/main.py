@@ -331,7 +331,7 @@ def serve(
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Require 'Authorization: Bearer <the value of this environment variable>'.")] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")] = False,
     docs: Annotated[bool, typer.Option("--docs", help="Serve /docs and /openapi.json (behind the token when there is one).")] = False,
-    allowed_hosts: Annotated[Optional[list[str]], typer.Option("--allowed-hosts", help="A Host the server answers to besides localhost, 127.0.0.1, ::1 and --host (repeatable; a name or an address).")] = None,
+    allowed_hosts: Annotated[Optional[list[str]], typer.Option("--allowed-hosts", help="A Host the server answers to besides localhost, 127.0.0.1, ::1 and --host (repeatable; a name or an address; '*' for any). Bound to every interface (--host 0.0.0.0 or ::) without it, the server answers any Host.")] = None,
 ) -> None:
     """Serve pipelines over HTTP: /v1/search, /v1/ask, OpenAI-compatible /v1/chat/completions."""
     from ragline.serve.settings import ServeSettings
@@ -342,7 +342,8 @@ def serve(
                              request_timeout_s=timeout, max_k=max_k, max_tokens=max_tokens, max_question_chars=max_question_chars,
                              max_body_bytes=max_body_bytes,
                              shutdown_timeout_s=shutdown_timeout, api_key=api_key_from(api_key_env), docs=docs,
-                             allowed_hosts=(*ServeSettings.allowed_hosts, host, *(allowed_hosts or ())))
+                             allowed_hosts=(*ServeSettings.allowed_hosts, host, *(allowed_hosts or (
+                                 ["*"] if host in ("0.0.0.0", "::") else []))))
     pipelines = load_pipelines(pipeline_files, str(index_dir) if index_dir else None)
     run_server(pipelines, settings, host=host, port=port, access_log=access_log)
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ragline.engine.errors import RaglineError
+from ragline.engine.index.filters import FilterError
 from ragline.serve.batching import QueueFull
 
 log = logging.getLogger(__name__)
@@ -102,5 +103,7 @@ def pipeline_errors(request: Request, doing: str) -> Iterator[None]:
         raise ApiError(504, f"{doing} took longer than the server's request timeout") from None
     except ShuttingDown as stopping:
         raise ApiError(503, stopping.message, headers={"Retry-After": "1"}) from None
+    except FilterError as error:  # found only when the store ran it (the checks before queueing passed)
+        raise ApiError(422, f"filter: {error}", param="filter") from None
     except Exception as error:
         raise internal_error(request_id(request), error, doing) from None

@@ -26,12 +26,13 @@ class AllowedHosts:
     def __init__(self, app, hosts: tuple[str, ...]):
         self.app = app
         self.hosts = {host_name(h) for h in hosts}
+        self.any_host = "*" in self.hosts  # a server meant to be reached by any name
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         header = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-        if host_name(header) in self.hosts:
+        if self.any_host or host_name(header) in self.hosts:
             return await self.app(scope, receive, send)
         rid = new_request_id()
         message = f"Host {header!r} is not one this server answers to (ragline serve --allowed-hosts)"

@@ -48,6 +48,7 @@ class ServerState:
         self._on_ready = on_ready
         self._on_warm_up_failure = on_warm_up_failure
         self._warming: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set when the app starts
         #: Whether the worker was still running model code when the server closed.
         self.worker_left_behind = False
         self.metrics.watch(lambda: {name: p.batcher.depth for name, p in self.pipelines.items()}, self.kv_stores)
@@ -64,6 +65,8 @@ class ServerState:
         ``shutdown_timeout_s`` to finish; then whatever is left is answered
         with a 503 (a stream with an error event) instead of being cut off."""
         loop = self._loop
+        if loop is None:  # a signal before the app started: nothing is in flight
+            return
         loop.call_soon_threadsafe(loop.call_later, self.settings.shutdown_timeout_s, self.abandon_work)
 
     def abandon_work(self) -> None:

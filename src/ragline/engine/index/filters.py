@@ -48,8 +48,12 @@ class FilterError(ConfigError):
 
 MAX_NESTING = 32
 MAX_COMPARISONS = 4096
-# Every value becomes one or two SQL parameters; SQLite allows 32,766.
 MAX_VALUES = 12_000
+# What SQLite binds at most in one statement; a filter within the limits above
+# may still need more (a list field binds each value twice, each comparison
+# its field path too), and is then refused when it is checked.
+MAX_PARAMETERS = 32_766
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 # Kinds of metadata values, as recorded per field in the document store.
@@ -267,7 +271,10 @@ class _Parser:
         if lowered in ("true", "false"):
             return lowered == "true", token.text
         if re.fullmatch(r"[+-]?\d+", token.text):
-            return int(token.text), token.text
+            number = int(token.text)
+            # Past 64 bits SQLite cannot bind it as a number: it is text (a
+            # string field's long id matches; a number field says it holds numbers).
+            return (number if _INT64[0] <= number <= _INT64[1] else token.text), token.text
         if _NUMBER.fullmatch(token.text):
             return float(token.text), token.text
         return token.text, token.text
@@ -279,12 +286,20 @@ def compile_filter(tree: Node, fields: dict[str, set[str]]) -> tuple[str, list[A
     """``(SQL condition, parameters)`` over a ``metadata`` column of JSON
     objects, after checking every comparison against ``fields`` (field name →
     kinds of value its documents hold)."""
+    condition, parameters = _compile(tree, fields)
+    if len(parameters) > MAX_PARAMETERS:
+        raise FilterError(f"the filter needs {len(parameters):,} SQL parameters and the document store takes at most "
+                          f"{MAX_PARAMETERS:,}: use fewer values or comparisons")
+    return condition, parameters
+
+
+def _compile(tree: Node, fields: dict[str, set[str]]) -> tuple[str, list[Any]]:
     if isinstance(tree, (Both, Either)):
-        parts = [compile_filter(operand, fields) for operand in tree.operands]
+        parts = [_compile(operand, fields) for operand in tree.operands]
         return _balanced([sql for sql, _ in parts], " AND " if isinstance(tree, Both) else " OR "), [
             p for _, parameters in parts for p in parameters]
     if isinstance(tree, Not):
-        inner, parameters = compile_filter(tree.operand, fields)
+        inner, parameters = _compile(tree.operand, fields)
         return f"({inner} IS NOT 1)", parameters  # conditions are 1, 0 or NULL (absent): NULL counts as false
     return _compile_comparison(tree, fields)
 

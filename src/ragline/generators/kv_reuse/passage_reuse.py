@@ -94,8 +94,9 @@ class PassageKVReuse:
             return
         self.generator.warm_up()
         model = self.generator.lm
-        layers = model.config.get_text_config().num_hidden_layers
-        if self.mode == "blend" and self.blend_check_layer >= layers:
+        layers = model.config.num_hidden_layers  # as blend() reads it
+        # On a one-layer model the default (1) stands for its only layer, as blend() clamps it.
+        if self.mode == "blend" and self.blend_check_layer >= max(layers, 2):
             raise ConfigError(f"generate: kv_options.blend_check_layer: {self.blend_check_layer} is beyond "
                               f"{self.generator.model}'s layers (it has {layers}: 0 to {layers - 1})")
         self._inv_freq = rotary_frequencies(model)  # refuses models and RoPE types it cannot shift
