@@ -62,8 +62,6 @@ def check_options(owner: str, field: str, init, given: dict[str, Any] | None, *,
     which ``given`` may not hold."""
     if not given:
         return
-    if not isinstance(given, dict):
-        raise ConfigError(f"{owner}: {field}: must be a mapping of settings (got {given!r})")
     known = [name for name in list(inspect.signature(init).parameters)[1:] if name not in fixed]
     for key in given:
         if key not in known:

@@ -54,7 +54,7 @@ class GeneratorBackend(abc.ABC):
         return result
 
 
-@runtime_checkable
+@runtime_checkable  # PassageKVReuse's annotations are checked as settings: the type must be checkable
 class TokenLevelBackend(Protocol):
     """What passage KV reuse (``kv_reuse/``) needs from a backend beyond
     ``GeneratorBackend``: the model and tokenizer in this process, prompts as

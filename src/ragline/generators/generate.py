@@ -16,10 +16,10 @@ from ragline.engine.errors import ConfigError
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.lm.prompts import PromptBuilder, cited_passages, kept_context
-from ragline.engine.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
+from ragline.engine.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, check_options
 from ragline.engine.stage import Stage
 from ragline.engine.types import Answer, Query
-from ragline.generators.backend import Generation, GeneratorBackend, Sampling, TokenLevelBackend
+from ragline.generators.backend import Generation, GeneratorBackend, Sampling
 from ragline.generators.backend_registry import BackendName, check_backend_options, make_backend
 from ragline.generators.kv_reuse.modes import KVReuseMode, check_mode_options
 
@@ -67,12 +67,12 @@ class Generate(Stage):
             raise ConfigError(f"generate: kv_reuse: {kv_reuse!r} runs on the hf backend; the {backend} backend "
                               "keeps its own prefix cache (vLLM: prefix caching on)")
         check_backend_options(backend, options)
-        if kv_reuse != "none":
+        if kv_reuse != "none":  # its keys and values, against the constructor they are handed to
             from ragline.generators.kv_reuse.passage_reuse import PassageKVReuse
 
-            PassageKVReuse.check_options(kv_reuse, kv_options)
-        else:
-            check_mode_options(kv_reuse, kv_options)
+            check_options("generate", "kv_options", PassageKVReuse.__init__, kv_options, of="kv reuse",
+                          fixed=("generator", "mode"))
+        check_mode_options(kv_reuse, kv_options)  # the rules that span the mode and its options
         self.backend_name = backend
         self.model = model
         self.passages = passages
@@ -91,8 +91,6 @@ class Generate(Stage):
         if self.kv_reuse != "none":
             from ragline.generators.kv_reuse.passage_reuse import PassageKVReuse
 
-            if not isinstance(self.backend, TokenLevelBackend):  # the hf backend is; checked at construction
-                raise ConfigError(f"generate: kv_reuse: the {self.backend_name} backend cannot reuse passage KV")
             self.reuse = PassageKVReuse(self.backend, self.kv_reuse, **self.kv_options)
             self.reuse.warm_up()
 

@@ -36,11 +36,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from ragline.engine.errors import ConfigError, user_facing_kernel
 from ragline.engine.lm.prompts import PromptBuilder
-from ragline.engine.settings import NonNegativeInt, PositiveInt, UnitInterval, check_options, check_settings
+from ragline.engine.settings import NonNegativeInt, PositiveInt, UnitInterval
 from ragline.engine.types import Passage
 from ragline.generators.backend import Generation, Sampling, TokenLevelBackend
 from ragline.generators.kv_reuse.block_attention import prefill_block, rotary_frequencies, slice_block
@@ -49,7 +49,7 @@ from ragline.generators.kv_reuse.block_prompt import BlockPrompt, block_prompt
 from ragline.generators.kv_reuse.block_store import BlockStore
 from ragline.generators.kv_reuse.cache_blend import blend
 from ragline.generators.kv_reuse.layout_store import LayoutStore
-from ragline.generators.kv_reuse.modes import CachedMode, check_mode_options
+from ragline.generators.kv_reuse.modes import CachedMode
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,6 @@ class PassageKVReuse:
         self.layouts: LayoutStore | None = None
         self._inv_freq = None
         self._shift = None
-
-    @staticmethod
-    def check_options(mode: str, options: dict[str, Any] | None, owner: str = "generate") -> None:
-        """``kv_options`` for ``mode``: unknown keys, values against the
-        annotations above, and the rules that span the mode and its options."""
-        check_settings(owner, PassageKVReuse.__init__, {"mode": mode})
-        check_options(owner, "kv_options", PassageKVReuse.__init__, options, of="kv reuse",
-                      fixed=("generator", "mode"))
-        check_mode_options(mode, options, owner)
 
     def warm_up(self) -> None:
         if self.store is not None:
