@@ -572,9 +572,10 @@ def test_sigterm_past_the_shutdown_timeout_answers_503_and_exits_0(docs_index, t
 
         with ThreadPoolExecutor(2) as pool:
             plain = pool.submit(httpx.post, f"{base}/v1/ask", json=long_answer, timeout=60)
-            wait_for(lambda: metric(base, "ragline_requests_in_flight") >= 1, 10, "the first answer in flight")
+            # The gauge counts the /metrics request reading it too.
+            wait_for(lambda: metric(base, "ragline_requests_in_flight") >= 2, 30, "the first answer in flight")
             stream = pool.submit(ask_streamed)
-            wait_for(lambda: metric(base, "ragline_requests_in_flight") >= 2, 10, "both answers in flight")
+            wait_for(lambda: metric(base, "ragline_requests_in_flight") >= 3, 30, "both answers in flight")
             process.send_signal(signal.SIGTERM)
             response = plain.result()
             events = stream.result()
