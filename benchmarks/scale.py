@@ -124,12 +124,13 @@ def main() -> None:
         say(f"[{number}/{len(runs)}] {kind} on {run['docs']:,} documents  "
             f"(elapsed {clock(time.perf_counter() - started)}, ETA {eta(took, len(runs) // args.repeats, len(runs))})")
         began = time.perf_counter()
-        figures = launch(run)
+        load = os.getloadavg()[0]
+        figures = launch(run) | {"load_average": load}
         took.append(time.perf_counter() - began)
         key = (run["ray"], run["workers"], run["docs"])
         if key not in results or figures["seconds"] < results[key]["seconds"]:
             results[key] = figures
-        say(f"    {figures['seconds']:.1f} s")
+        say(f"    {figures['seconds']:.1f} s  (load average {load:.2f} as it started)")
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(summary(args, results)))
 
@@ -163,6 +164,9 @@ def summary(args, results: dict) -> dict:
             "ray_overhead_steady_state": round((ray["seconds"] - ray_fixed) / (plain["seconds"] - plain_fixed) - 1, 3),
             "ray_steady_docs_per_s_per_worker": round((args.docs - args.small) / (ray["seconds"] - ray_fixed) / p, 1),
             "ray_init_seconds": round(ray["ray_init_s"], 2),
+            "load_average_at_start": {"plain": plain["load_average"], "ray": ray["load_average"],
+                                      "plain_fixed": results[(False, p, args.small)]["load_average"],
+                                      "ray_fixed": results[(True, p, args.small)]["load_average"]},
         }
     return figures
 

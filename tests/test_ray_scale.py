@@ -8,6 +8,7 @@ loopback, and shut down after."""
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import os
@@ -165,10 +166,11 @@ def test_the_run_command_on_its_own_local_ray_writes_what_one_process_returns(hy
 
 
 def test_blocks_carry_each_passage_with_exactly_the_documents_read_for_it(tmp_path):
-    """The read task's rows (no Ray needed): chunked documents, a resumed
-    build's committed passages left out, and every document hash sent with its
-    first passage — what a single-process build commits with each passage."""
-    from ragline.engine.index.ray_corpus import _blocks, passages_from
+    """The driver's blocks and the build's batches cut from them (no Ray
+    needed): chunked documents, a resumed build's committed passages left out,
+    every document hash sent with its first passage — what a single-process
+    build commits with each passage — and each passage with its own vectors."""
+    from ragline.engine.index.distributed import _rebatched, blocks
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": " ".join(["w"] * (3 + i))}) + "\n" for i in range(6)))
@@ -176,13 +178,23 @@ def test_blocks_carry_each_passage_with_exactly_the_documents_read_for_it(tmp_pa
     hashes: list = []
     want = list(read(hashes))
     for skip in (0, 5):
-        blocks = [table.to_pydict() for table in _blocks(read, skip, block_rows=3)]
-        assert [row for block in blocks for row in block["row"]] == list(range(skip, len(want)))
-        pairs, documents = zip(*(passages_from(block) for block in blocks))
-        assert [pair for batch in pairs for pair in batch] == want[skip:]
+        read_blocks = list(blocks(read, skip, block_rows=3))
+        assert [len(block.pairs) for block in read_blocks][:-1] == [3] * (len(read_blocks) - 1)
         first_chunks = [p.doc_id for p, _ in want[skip:] if p.id in (p.doc_id, f"{p.doc_id}#0")]
-        assert [doc_id for batch in documents for doc_id, _, _ in batch] == first_chunks
-        assert [doc for batch in documents for doc in batch] == [h for h in hashes if h[0] in first_chunks]
+        # Each block's "vectors": the passages' row numbers, so a batch shows which passages its vectors are.
+        rows = iter(range(skip, len(want)))
+        encoded = [(block, {"dense": np.array([[next(rows)] for _ in block.pairs], dtype=np.float32)})
+                   for block in read_blocks]
+        fed_hashes: list = []
+        batches = []
+        for batch, computed in _rebatched(iter(encoded), 4, fed_hashes):
+            batches.append(batch)
+            assert computed["dense"]["vectors"].ravel().tolist() == [want.index(pair) for pair in batch]
+            assert [doc_id for doc_id, _, _ in fed_hashes] == [p.doc_id for p, _ in batch if p.doc_id in first_chunks
+                                                               and p.id in (p.doc_id, f"{p.doc_id}#0")]
+            fed_hashes.clear()
+        assert [len(batch) for batch in batches][:-1] == [4] * (len(batches) - 1)
+        assert [pair for batch in batches for pair in batch] == want[skip:]
 
 
 def test_a_bad_ray_address_is_one_line_and_exit_2(vaswani_subset, tmp_path):
@@ -249,3 +261,26 @@ def test_a_ray_session_leaves_sigsegv_to_the_jvm():
                             env={**os.environ, **LOOPBACK})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["inside", "False", "after", "False"]
+
+
+@pytest.mark.slow
+def test_a_ray_build_large_enough_for_the_jvms_jit_runs_to_the_end_and_says_only_what_it_did(vaswani, tmp_path):
+    """1,400 documents, BM25 + dense, two actors, run as a user runs it (from
+    outside the checkout): Lucene's JIT is hot by then, and the JVM's routine
+    SIGSEGVs met Python's faulthandler, which Ray's driver had turned on
+    (exit 134 at about this size). A successful build prints its one line:
+    Ray logged an error for each actor whose constructor arguments it kept in
+    the object store (it did for Ray Data's actors), and a notice that token
+    authentication is on."""
+    from ragline.engine.data.corpus import read_corpus
+
+    corpus = tmp_path / "corpus.jsonl"
+    with open(corpus, "w", encoding="utf-8") as f:
+        for doc in itertools.islice(read_corpus(vaswani / "doc-text.trec"), 1400):
+            f.write(json.dumps({"id": doc.id, "text": doc.text}) + "\n")
+    result = subprocess.run([sys.executable, "-m", "ragline.cli", "index", corpus, "--out", tmp_path / "idx",
+                             "--bm25", "--dense", "default", "--ray", "local", "--workers", "2"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, **LOOPBACK})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.strip() == f"indexed 1,400 documents (1,400 passages) into {tmp_path / 'idx'} with bm25, dense"

@@ -41,7 +41,7 @@ EncodingErrors = Annotated[str, typer.Option(
 Filters = Annotated[Optional[list[str]], typer.Option(
     "--filter", help="Metadata filter, e.g. 'year>=2020', 'lang in (en, de) and not draft=true'; repeatable (all must hold).")]
 RayAddress = Annotated[Optional[str], typer.Option(
-    "--ray", metavar="auto|local|HOST:PORT", help="Spread the work over a Ray actor pool (needs ray[data]): auto (RAY_ADDRESS, else the cluster started on this machine, else a new local one), local, or a cluster head's HOST:PORT.")]
+    "--ray", metavar="auto|local|HOST:PORT", help="Spread the work over a Ray actor pool (needs ray): auto (RAY_ADDRESS, else the cluster started on this machine, else a new local one), local, or a cluster head's HOST:PORT.")]
 RayWorkers = Annotated[Optional[int], typer.Option(
     "--workers", min=1, help="With --ray: actors in the pool (default: one per GPU, else one per CPU slot).")]
 

@@ -1,10 +1,10 @@
 """Running a pipeline over many queries on a Ray actor pool (``ragline run
---ray``, ``ragline eval beir --ray``): Ray Data ``map_batches`` over the
-pipeline's own batches, with a callable class per actor that builds the
-pipeline from its configuration and warms it once (its indexes opened for
-reading, its models loaded), then runs every batch it is given.
+--ray``, ``ragline eval beir --ray``): the pipeline's own batches mapped over
+the pool (engine/scale/actor_pool.py), each actor building the pipeline from
+its configuration and warming it once (its indexes opened for reading, its
+models loaded), then running every batch it is given.
 
-Each Ray row is one pipeline batch (``Pipeline.batch_size`` queries, cut as
+Each call is one pipeline batch (``Pipeline.batch_size`` queries, cut as
 ``Pipeline.run`` cuts them), so every stage sees the batches it sees in one
 process, and the results come back in query order, equal to a single-process
 run apart from the timings in their traces.
@@ -29,18 +29,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from ragline.engine.errors import ConfigError, RaglineError
+from ragline.engine.errors import ConfigError
 from ragline.engine.index.docstore import DocStore
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.registry import STAGES, lookup
+from ragline.engine.scale.actor_pool import actor_pool, ordered_map
 from ragline.engine.scale.ray_session import (
-    FAULT_TOLERANCE,
     JVM_SAFE,
     actor_resources,
     cluster_gpus,
-    data_job,
     default_workers,
     ray_session,
     readable_errors,
@@ -59,18 +56,15 @@ def run_on_ray(pipeline: Pipeline, queries: Iterable[str | Query], address: str 
     if not batches:
         return []
     config = pipeline.to_config()
-    with ray_session(address) as ray, data_job(ray):
+    with ray_session(address) as ray:
         gpus = _gpus_per_actor(pipeline, cluster_gpus(ray))
         workers = min(workers or default_workers(ray, gpus), len(batches))
         log.info("running %d queries in %d batches on %d Ray actor(s)", len(items), len(batches), workers)
-        rows = ray.data.from_items([{"batch": n, "queries": pickle.dumps(batch)} for n, batch in enumerate(batches)],
-                                   override_num_blocks=len(batches))
-        results = rows.map_batches(RunPipeline, fn_constructor_args=(config, os.getcwd()), batch_size=1,
-                                   compute=ray.data.ActorPoolStrategy(size=workers), **actor_resources(gpus),
-                                   runtime_env={"env_vars": JVM_SAFE},  # actors may run BM25 on a cluster's nodes
-                                   **FAULT_TOLERANCE)
-        with readable_errors():
-            return list(_in_order(results, len(items), progress))
+        # JVM_SAFE: actors may run BM25 on a cluster's nodes.
+        with actor_pool(ray, RunPipeline, (config, os.getcwd()), workers, actor_resources(gpus), env=JVM_SAFE) as actors, \
+                readable_errors():
+            done = ordered_map(ray, actors, "run", batches, send=pickle.dumps)
+            return list(_in_order(done, len(items), progress))
 
 
 class OnRay:
@@ -92,7 +86,7 @@ class OnRay:
 
 
 class RunPipeline:
-    """The Ray Data callable class: one per actor, each with its own warm pipeline."""
+    """The actor class: one per actor, each with its own warm pipeline."""
 
     def __init__(self, config: dict[str, Any], driver_cwd: str):
         from transformers.utils import logging as hf_logging
@@ -106,9 +100,9 @@ class RunPipeline:
         self.pipeline = pipeline_from_config(config)
         self.pipeline.warm_up()
 
-    def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
-        done = [_stores_as_paths(self.pipeline.run(pickle.loads(queries))) for queries in rows["queries"]]
-        return {"batch": rows["batch"], "queries": np.array([pickle.dumps(batch) for batch in done], dtype=object)}
+    def run(self, queries: bytes) -> bytes:
+        """A pickled batch of queries, run and pickled (with hits' document stores as their paths)."""
+        return pickle.dumps(_stores_as_paths(self.pipeline.run(pickle.loads(queries))))
 
 
 def pipeline_from_config(config: dict[str, Any]) -> Pipeline:
@@ -121,17 +115,13 @@ def pipeline_from_config(config: dict[str, Any]) -> Pipeline:
     return Pipeline(stages, **{k: v for k, v in config.items() if k != "stages"})
 
 
-def _in_order(results, total: int, progress: bool) -> Iterator[Query]:
+def _in_order(done, total: int, progress: bool) -> Iterator[Query]:
     from tqdm import tqdm
 
     stores: dict[str, Any] = {}
-    expected = 0
     with tqdm(total=total, desc="queries", unit="query", disable=not progress) as bar:
-        for row in results.iter_rows():
-            if row["batch"] != expected:
-                raise RaglineError(f"Ray returned query batch {row['batch']} where {expected} was due")
-            expected += 1
-            batch = _paths_as_stores(pickle.loads(row["queries"]), stores)
+        for _, result in done:
+            batch = _paths_as_stores(pickle.loads(result), stores)
             bar.update(len(batch))
             yield from batch
 

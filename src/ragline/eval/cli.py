@@ -15,7 +15,7 @@ convert_app = typer.Typer(help="Convert collections between formats.", no_args_i
 build_app = typer.Typer(help="Build evaluation sets.", no_args_is_help=True)
 out = terminal.stdout()
 RayAddress = Annotated[Optional[str], typer.Option(
-    "--ray", metavar="auto|local|HOST:PORT", help="Run the pipeline's batches on a Ray actor pool (needs ray[data]): auto, local, or a cluster head's HOST:PORT.")]
+    "--ray", metavar="auto|local|HOST:PORT", help="Run the pipeline's batches on a Ray actor pool (needs ray): auto, local, or a cluster head's HOST:PORT.")]
 RayWorkers = Annotated[Optional[int], typer.Option(
     "--workers", min=1, help="With --ray: actors in the pool (default: one per GPU, else one per CPU slot).")]
 # What `eval qa --out` writes, and `eval compare` reads.

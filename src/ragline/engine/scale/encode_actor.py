@@ -1,11 +1,10 @@
-"""Encoding passages on a Ray Data actor pool: the callable class that
-``map_batches`` runs, one instance per actor.
+"""Encoding passages on a Ray actor pool (engine/scale/actor_pool.py): the
+actor class, one instance per actor.
 
 Each actor loads its encoders once, through the same loader and with the same
-settings as a single-process build (engine/lm/encoders.py), and then adds a
-column of unit-length float32 vectors per encoder to every batch of passages
-it is given: ``vectors:<component>``, computed from the ``indexed`` column
-(the text the retrievers see), which it drops.
+settings as a single-process build (engine/lm/encoders.py), and then turns
+every list of texts it is given (the text the retrievers see) into
+unit-length float32 vectors, one matrix per encoder.
 """
 
 from __future__ import annotations
@@ -17,15 +16,10 @@ import numpy as np
 
 from ragline.engine.lm.encoders import encode_texts, load_sentence_encoder
 
-TEXT_COLUMN = "indexed"
 # Fault injection for tests: with this variable naming a file that does not
 # exist yet, the first actor to take a batch creates the file and dies on the
 # spot, as a killed worker would; Ray must restart it and retry the batch.
 EXIT_ONCE_VARIABLE = "RAGLINE_RAY_TEST_EXIT_ONCE"
-
-
-def vectors_column(component: str) -> str:
-    return f"vectors:{component}"
 
 
 class EncodePassages:
@@ -41,12 +35,9 @@ class EncodePassages:
             for name, s in encoders.items()
         }
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         _exit_once_if_asked()
-        texts = batch.pop(TEXT_COLUMN).tolist()
-        for name, (model, batch_size) in self.encoders.items():
-            batch[vectors_column(name)] = encode_texts(model, texts, batch_size)
-        return batch
+        return {name: encode_texts(model, texts, batch_size) for name, (model, batch_size) in self.encoders.items()}
 
 
 def _exit_once_if_asked() -> None:

@@ -1,6 +1,5 @@
 """A Ray session for one scaled-out command, and what every ragline job on
-Ray shares: actor resources, fault tolerance, ordered Ray Data output, and
-errors a user can read.
+Ray shares: actor resources, fault tolerance, and errors a user can read.
 
 Ray is imported here, only when a command asks for it (``--ray``), so ragline
 without Ray never loads it. ``ray_session(address)`` connects — ``auto``:
@@ -16,9 +15,7 @@ import contextlib
 import faulthandler
 import logging
 import os
-import re
 import socket
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,7 +28,6 @@ log = logging.getLogger(__name__)
 # many times, and the batch it held is retried on it; the output is unchanged.
 FAULT_TOLERANCE = {"max_restarts": 3, "max_task_retries": 3}
 _CONNECT_TIMEOUT_S = 5.0
-_RAY_DATA_ADVICE = re.compile(r"\nFailed to .* after \d+/\d+ attempts .*", re.DOTALL)
 # Ray's crash handler takes SIGSEGV, which the JVM (Lucene, for BM25) raises
 # and handles itself as a matter of course: with both in one process, Ray's
 # handler turns a routine JVM signal into a crash. Ray reads this when
@@ -42,7 +38,6 @@ JVM_SAFE = {"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
 def import_ray():
     for name, value in JVM_SAFE.items():
         os.environ.setdefault(name, value)
-    import_optional("ray.data", needed_for="--ray")  # the part ragline uses
     return import_optional("ray", needed_for="--ray")
 
 
@@ -55,6 +50,8 @@ def ray_session(address: str = "auto") -> Iterator[Any]:
         return
     check_address(address)
     faulthandler_was_on = faulthandler.is_enabled()
+    auth_log = logging.getLogger(_RAY_AUTH_LOGGER)
+    auth_log.addFilter(_secure_default_notice)
     try:
         ray.init(address=None if address == "auto" else address, include_dashboard=False,
                  logging_level=logging.WARNING)
@@ -69,11 +66,23 @@ def ray_session(address: str = "auto") -> Iterator[Any]:
         # build). Off again, it restores the JVM's handler.
         if not faulthandler_was_on and faulthandler.is_enabled():
             faulthandler.disable()
+        auth_log.removeFilter(_secure_default_notice)
     log.info("connected to Ray: %s", _describe(ray.cluster_resources()))
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+# A new local Ray instance turns token authentication on, and says so as a
+# warning on every start (it is a notice, with the way to opt out): ragline
+# keeps the secure default and drops the notice. Ray's warning that
+# authentication is *off* still shows.
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _secure_default_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def check_address(address: str) -> None:
@@ -118,39 +127,6 @@ def default_workers(ray, gpus_per_actor: int) -> int:
 
 
 @contextlib.contextmanager
-def data_job(ray) -> Iterator[None]:
-    """Settings for a Ray Data job of ragline's, restored after the block:
-    results come back in input order (corpus order, query order); ragline
-    shows its own progress (with an ETA), so Ray Data's bars are off and its
-    console notices go only to its log file (``ray-data.log`` in the Ray
-    session folder)."""
-    with warnings.catch_warnings():
-        # Ray 2.60 takes an actor pool's max_restarts / max_task_retries only
-        # as ray_remote_args, which it says are deprecated (for 2.64).
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        # It counts one input (one read task) and warns the pool may idle; the task streams many blocks.
-        warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
-        # Settings it renamed, which it warns about as it makes its own context.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")
-        context = ray.data.DataContext.get_current()
-        saved = context.execution_options.preserve_order, context.enable_progress_bars, context.print_on_execution_start
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        consoles = [h for h in logging.getLogger("ray.data").handlers
-                    if isinstance(h, logging.StreamHandler) and getattr(h, "baseFilename", None) is None]
-        levels = [h.level for h in consoles]
-        for handler in consoles:
-            handler.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            context.execution_options.preserve_order, context.enable_progress_bars, context.print_on_execution_start = saved
-            for handler, level in zip(consoles, levels):
-                handler.setLevel(level)
-
-
-@contextlib.contextmanager
 def readable_errors() -> Iterator[None]:
     """A ragline error raised in a Ray task (a bad corpus line, a bad setting)
     leaves the block as itself, without the remote traceback Ray wraps it in,
@@ -175,9 +151,6 @@ def user_error(error: BaseException) -> RaglineError | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, RaglineError) and not isinstance(current, RayError):
-            if current.args and isinstance(current.args[0], str):
-                # Ray Data appends its retry advice to the message (a task's failures are "transient" to it).
-                current.args = (_RAY_DATA_ADVICE.sub("", current.args[0]),) + current.args[1:]
             return current
         current = getattr(current, "cause", None) or current.__cause__
     return None
