@@ -43,4 +43,8 @@ def _load(name: str, device: str, torch_dtype):
         ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if device == "cpu" and model.config._attn_implementation == "sdpa":
+        from ragline.engine.lm.grouped_attention import register
+
+        model.set_attn_implementation(register())  # grouped heads without copies (see there)
     return model.to(device).eval(), tokenizer

@@ -41,8 +41,9 @@ from ragline.generators.kv_reuse.block_layout import BlockLayout
 MASK_PER_LAYER_TYPE = ("gemma3_text", "qwen2", "qwen3")
 
 
-# The recompute passes its own mask: a boolean one (SDPA) or an additive one (eager).
-MASKED_IMPLEMENTATIONS = ("sdpa", "eager")
+# The recompute passes its own mask: a boolean one (SDPA, and ragline's CPU
+# SDPA: engine/lm/grouped_attention.py) or an additive one (eager).
+MASKED_IMPLEMENTATIONS = ("sdpa", "ragline_sdpa", "eager")
 
 
 @torch.inference_mode()
