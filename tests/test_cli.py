@@ -160,3 +160,23 @@ def test_bytes_that_are_not_utf8_are_one_line_or_replaced_when_asked(tmp_path):
     replaced = ragline("index", corpus, "--out", tmp_path / "idx", "--bm25", "--encoding-errors", "replace")
     assert replaced.returncode == 0, replaced.stderr
     assert "indexed 2 documents" in replaced.stdout
+
+
+# Modules a verb loads only when it runs a model (the JVM is pyjnius, BM25's).
+HEAVY = ("torch", "transformers", "sentence_transformers", "faiss", "jnius", "numpy")
+LOADED = ("import sys\nfrom ragline.cli.main import main\nsys.argv = ['ragline', *sys.argv[1:]]\n"
+          "try:\n    main()\nexcept SystemExit:\n    pass\n"
+          "print(sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)\n")
+
+
+def heavy_modules_loaded(*args) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", LOADED.format(heavy=HEAVY), *map(str, args)],
+                            capture_output=True, text=True, timeout=600)
+    return json.loads(result.stderr.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_help_loads_no_model_code_and_a_bm25_query_no_torch(docs_index):
+    """`ragline --help` once imported transformers (for its progress bars), 1.5 s of a 1.6 s run."""
+    assert heavy_modules_loaded("--help") == []
+    assert heavy_modules_loaded("index", "--help") == []
+    assert heavy_modules_loaded("query", docs_index, "atomic", "--retriever", "bm25") == ["jnius", "numpy"]

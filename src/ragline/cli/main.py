@@ -375,11 +375,12 @@ INTERRUPTED = "interrupted: nothing was written (outputs are put in place only w
 
 def main() -> None:
     """Entry point: user errors become a one-line message and an exit code."""
+    import os
     import signal
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    # No "Loading weights" bars from transformers or the hub: read when they
+    # are imported, which only the verbs that load a model do.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     signal.signal(signal.SIGTERM, _terminate)
     try:
         for plugin in entry_points(group="ragline.cli"):
