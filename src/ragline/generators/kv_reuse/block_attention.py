@@ -32,11 +32,27 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 
 @dataclass
 class BlockKV:
-    """One block's cache: per layer (1, kv_heads, length, head_dim) keys and values."""
+    """One block's cache: per layer (1, kv_heads, length, head_dim) keys and values.
+
+    ``stacked``, when every layer has the same shape: one tensor (layers, 2,
+    1, kv_heads, length, head_dim) of which ``keys`` and ``values`` are views,
+    so that the block is one tensor on disk and one copy into a layout."""
 
     token_ids: tuple[int, ...]  # what identifies it: the block's ids (with its sink's, if it had one)
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    stacked: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, token_ids: tuple[int, ...], keys: list[torch.Tensor], values: list[torch.Tensor]) -> BlockKV:
+        """The block, stacked when its layers allow (one copy of its tensors)."""
+        if len({(k.shape, v.shape, k.dtype, v.dtype) for k, v in zip(keys, values)}) != 1 or keys[0].shape != values[0].shape:
+            return cls(token_ids, keys, values)
+        return cls.from_stacked(token_ids, torch.stack([torch.stack(pair) for pair in zip(keys, values)]))
+
+    @classmethod
+    def from_stacked(cls, token_ids: tuple[int, ...], stacked: torch.Tensor) -> BlockKV:
+        return cls(token_ids, [layer[0] for layer in stacked], [layer[1] for layer in stacked], stacked)
 
     @property
     def length(self) -> int:
@@ -89,7 +105,7 @@ def prefill_block(model, token_ids: Sequence[int], sink_ids: Sequence[int] = ())
     if sink:
         inv_freq = rotary_frequencies(model)
         keys = [rope_shift_reference(k, -sink, layer_frequencies(inv_freq, i)) for i, k in enumerate(keys)]
-    return BlockKV(tuple(sink_ids) + tuple(token_ids), keys, values)
+    return BlockKV.of(tuple(sink_ids) + tuple(token_ids), keys, values)
 
 
 def slice_block(block: BlockKV, keep: Sequence[int], inv_freq: torch.Tensor, shift=None) -> BlockKV:

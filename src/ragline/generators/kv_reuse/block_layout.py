@@ -2,7 +2,8 @@
 the part of a block-attention prompt that does not depend on the question.
 
 ``lay_out`` allocates each layer's keys and values once, for the blocks plus
-room for a question and its answer, copies every block into its slot, and
+room for a question and its answer (one buffer for all layers when the
+blocks are stacked: then a block is one copy), copies every block into its slot, and
 rotates a layer's moved keys in one pass, with per-token cos/sin tables
 computed once for all layers. The first block sits where it was cached
 (offset 0) and is not rotated. A custom shift kernel (Triton on a GPU) is
@@ -91,14 +92,24 @@ def lay_out(blocks: Sequence, inv_freq: torch.Tensor, room: int,
         shifts = torch.repeat_interleave(torch.tensor(offsets[1:], device=device), torch.tensor(lengths[1:], device=device))
         tables = layer_tables(shifts, inv_freq, len(blocks[0].keys))
     copy_seconds = rotation_seconds = 0.0
+    started = time.perf_counter()
+    stacked = _stacked_room(blocks, length + room)
+    if stacked is not None:
+        # One copy per block, every layer at once (each layer's keys and values are views of the buffer).
+        for block, offset in zip(blocks, offsets):
+            stacked[..., offset:offset + block.length, :].copy_(block.stacked)
+    copy_seconds += time.perf_counter() - started
     keys, values = [], []
     for layer in range(len(blocks[0].keys)):
         started = time.perf_counter()
-        layer_keys = _empty_like(blocks[0].keys[layer], length + room)
-        layer_values = _empty_like(blocks[0].values[layer], length + room)
-        for block, offset in zip(blocks, offsets):
-            layer_keys[..., offset:offset + block.length, :].copy_(block.keys[layer])
-            layer_values[..., offset:offset + block.length, :].copy_(block.values[layer])
+        if stacked is not None:
+            layer_keys, layer_values = stacked[layer, 0], stacked[layer, 1]
+        else:
+            layer_keys = _empty_like(blocks[0].keys[layer], length + room)
+            layer_values = _empty_like(blocks[0].values[layer], length + room)
+            for block, offset in zip(blocks, offsets):
+                layer_keys[..., offset:offset + block.length, :].copy_(block.keys[layer])
+                layer_values[..., offset:offset + block.length, :].copy_(block.values[layer])
         copied = time.perf_counter()
         if tables is not None:
             rope_shift_in_place(layer_keys[..., moved_from:length, :], *tables[layer])
@@ -111,6 +122,16 @@ def lay_out(blocks: Sequence, inv_freq: torch.Tensor, room: int,
         keys.append(layer_keys)
         values.append(layer_values)
     return BlockLayout(keys, values, length, copy_seconds, rotation_seconds)
+
+
+def _stacked_room(blocks: Sequence, capacity: int) -> torch.Tensor | None:
+    """One buffer (layers, 2, 1, kv_heads, capacity, head_dim) for blocks that
+    are all stacked alike; None otherwise (a sliced block, mixed shapes)."""
+    shapes = {None if b.stacked is None else (b.stacked.shape[:-2], b.stacked.shape[-1], b.stacked.dtype) for b in blocks}
+    if len(shapes) != 1 or None in shapes:
+        return None
+    sample = blocks[0].stacked
+    return torch.empty((*sample.shape[:-2], capacity, sample.shape[-1]), dtype=sample.dtype, device=sample.device)
 
 
 def _empty_like(sample: torch.Tensor, capacity: int) -> torch.Tensor:

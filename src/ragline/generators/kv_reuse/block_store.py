@@ -4,9 +4,10 @@ Entries are keyed by (model id, exact token ids of the block): a block from
 another model or tokenizer can never be found, whatever its text. Two tiers:
 
 - memory: up to ``memory_bytes`` of tensors, least recently used evicted;
-- disk (optional ``directory``): one safetensors file per entry, written to
-  a temporary name and renamed, so a crash never leaves a half entry; it
-  survives restarts. Each entry carries a checksum of its tensors' bytes
+- disk (optional ``directory``): one safetensors file per entry holding one
+  tensor (the block stacked: ``BlockKV.stacked``), written to a temporary
+  name and renamed, so a crash never leaves a half entry; it survives
+  restarts. A read maps the file instead of copying it (``read_stacked``). Each entry carries a checksum of its tensors' bytes
   (engine/integrity.py), checked when it is read. A file that cannot be
   read, does not match its key or its checksum is deleted, logged and counted
   as ``discarded`` (the block is then recomputed), never used and never an
@@ -21,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -33,6 +36,10 @@ from ragline.engine.integrity import digest_tensors
 from ragline.generators.kv_reuse.block_attention import BlockKV
 
 log = logging.getLogger(__name__)
+
+# A block file holds one tensor, "kv": (layers, 2, 1, kv_heads, length, head_dim).
+# Files of another format (per-layer tensors, before 2026-12) are discarded and recomputed.
+FORMAT = "stacked-1"
 
 
 def block_key(model_id: str, token_ids: Sequence[int]) -> str:
@@ -109,24 +116,18 @@ class BlockStore:
         path = self._path(key)
         if not path.exists():
             return None
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                if meta.get("model") != self.model_id or json.loads(meta.get("token_ids", "null")) != list(token_ids):
-                    raise ValueError("entry does not match its key")
-                layers = int(meta["layers"])
-                keys = [handle.get_tensor(f"k{i}") for i in range(layers)]
-                values = [handle.get_tensor(f"v{i}") for i in range(layers)]
-            if self.verify and meta.get("digest") != digest_tensors([*keys, *values]):
+            meta, stacked = read_stacked(path)
+            if meta.get("model") != self.model_id or json.loads(meta.get("token_ids", "null")) != list(token_ids):
+                raise ValueError("entry does not match its key")
+            if self.verify and meta.get("digest") != digest_tensors([stacked]):
                 raise ValueError("its checksum does not match its tensors (damaged, or written without one)")
         except Exception as err:  # unreadable, truncated or foreign: recompute instead of failing generation
             log.warning("discarding the cached block %s (%s: %s); it will be recomputed", path, type(err).__name__, err)
             self.stats["discarded"] += 1
             path.unlink(missing_ok=True)
             return None
-        return BlockKV(tuple(token_ids), keys, values)
+        return BlockKV.from_stacked(tuple(token_ids), stacked)
 
     def _write_disk(self, key: str, block: BlockKV) -> None:
         if self.directory is None:
@@ -135,14 +136,15 @@ class BlockStore:
 
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"k{i}": t.contiguous().cpu() for i, t in enumerate(block.keys)}
-        tensors.update({f"v{i}": t.contiguous().cpu() for i, t in enumerate(block.values)})
-        meta = {"model": self.model_id, "token_ids": json.dumps(list(block.token_ids)), "layers": str(len(block.keys)),
-                "digest": digest_tensors([*(tensors[f"k{i}"] for i in range(len(block.keys))),
-                                          *(tensors[f"v{i}"] for i in range(len(block.values)))])}
+        stacked = (block.stacked if block.stacked is not None else BlockKV.of(block.token_ids, block.keys, block.values).stacked)
+        if stacked is None:
+            return  # layers of different shapes: kept in memory only
+        stacked = stacked.contiguous().cpu()
+        meta = {"model": self.model_id, "token_ids": json.dumps(list(block.token_ids)), "format": FORMAT,
+                "digest": digest_tensors([stacked])}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            save_file(tensors, str(tmp), metadata=meta)
+            save_file({"kv": stacked}, str(tmp), metadata=meta)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -150,4 +152,32 @@ class BlockStore:
     def to_device(self, block: BlockKV, device: torch.device) -> BlockKV:
         if all(t.device == device for t in block.keys):
             return block
+        if block.stacked is not None:
+            return BlockKV.from_stacked(block.token_ids, block.stacked.to(device))
         return BlockKV(block.token_ids, [t.to(device) for t in block.keys], [t.to(device) for t in block.values])
+
+
+def read_stacked(path: Path) -> tuple[dict[str, str], torch.Tensor]:
+    """A block file's metadata and its one tensor, mapped from the file rather
+    than read into memory: the layout's copy is the only copy it takes. The
+    mapping is private (copy-on-write), and entries are replaced by renaming,
+    never rewritten in place, so the file under it never changes."""
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    header_length = int.from_bytes(mapped[:8], "little")
+    header = json.loads(mapped[8:8 + header_length])
+    meta = header.pop("__metadata__", {}) or {}
+    if meta.get("format") != FORMAT or set(header) != {"kv"}:
+        raise ValueError(f"not a block of format {FORMAT}")
+    entry = header["kv"]
+    dtype = _DTYPES[entry["dtype"]]
+    start, end = entry["data_offsets"]
+    shape = entry["shape"]
+    count = math.prod(shape)
+    if end - start != count * dtype.itemsize or 8 + header_length + end > len(mapped):
+        raise ValueError("its tensor's size does not match the file (truncated?)")
+    tensor = torch.frombuffer(mapped, dtype=dtype, count=count, offset=8 + header_length + start)
+    return meta, tensor.reshape(shape)
+
+
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
