@@ -279,3 +279,25 @@ def test_sink_block_keys_equal_the_model_own_rope_at_positions_from_zero(kind):
         expected, _ = apply_rotary_pos_emb(raw, raw, cos, sin)
         torch.testing.assert_close(keys, expected, rtol=0, atol=1e-5)
     assert cached.length == len(block)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("sink", [(), (5, 6, 7)])
+def test_blocks_prefilled_together_equal_blocks_prefilled_alone(kind, sink, monkeypatch):
+    """Right-padded batches of similar lengths (numbers of a few tokens,
+    passages of ~40; Gemma 3's window is shorter than the passages): each
+    block's keys and values are those of its own forward."""
+    from ragline.generators.kv_reuse import block_attention
+    from ragline.generators.kv_reuse.block_attention import _similar_lengths, prefill_blocks
+
+    monkeypatch.setattr(block_attention, "BATCHED_BELOW", 1000)  # the tiny model's "passages" batched too
+    model = tiny_model(kind)
+    blocks = random_blocks([3, 2, 40, 37, 3, 45, 12], seed=4)
+    groups = list(_similar_lengths(sorted(range(len(blocks)), key=lambda i: len(blocks[i])), blocks))
+    assert sorted(map(len, groups), reverse=True)[:2] == [3, 3]  # the short ones together, the long ones together
+    together = prefill_blocks(model, blocks, sink)
+    for block, ids in zip(together, blocks):
+        alone = prefill_block(model, ids, sink)
+        assert block.token_ids == alone.token_ids and block.stacked is not None
+        for a, b in zip([*block.keys, *block.values], [*alone.keys, *alone.values]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

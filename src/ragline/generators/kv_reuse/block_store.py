@@ -86,6 +86,36 @@ class BlockStore:
         self._remember(key, block)
         return block
 
+    def get_or_compute_many(self, token_ids: Sequence[Sequence[int]], keys: Sequence[str],
+                            compute: Callable[[list[int]], list[BlockKV]]) -> list[BlockKV]:
+        """``get_or_compute`` for many blocks (``keys``: their ``key_of``), the
+        missing ones computed in one call: ``compute(indexes)`` returns the
+        blocks of those indexes (each missing key once)."""
+        found: dict[str, BlockKV] = {}
+        missing: dict[str, int] = {}
+        for index, (ids, key) in enumerate(zip(token_ids, keys)):
+            if key in found or key in missing:
+                continue
+            with self._lock:
+                block = self._memory.get(key)
+                if block is not None:
+                    self._memory.move_to_end(key)
+                    self.stats["memory_hits"] += 1
+            if block is None and (block := self._read_disk(key, ids)) is not None:
+                self.stats["disk_hits"] += 1
+            if block is None:
+                missing[key] = index
+                continue
+            self._remember(key, block)
+            found[key] = block
+        if missing:
+            self.stats["misses"] += len(missing)
+            for key, block in zip(missing, compute(list(missing.values()))):
+                self._write_disk(key, block)
+                self._remember(key, block)
+                found[key] = block
+        return [found[key] for key in keys]
+
     def served_by_layout(self, keys: Sequence[str]) -> None:
         """Blocks an assembled layout already holds (``layout_store``): counted as
         memory hits, and kept recent here since they are in use."""

@@ -43,7 +43,7 @@ from ragline.engine.lm.prompts import PromptBuilder
 from ragline.engine.settings import NonNegativeInt, PositiveInt, UnitInterval
 from ragline.engine.types import Passage
 from ragline.generators.backend import Generation, Sampling, TokenLevelBackend
-from ragline.generators.kv_reuse.block_attention import prefill_block, rotary_frequencies, slice_block
+from ragline.generators.kv_reuse.block_attention import prefill_blocks, rotary_frequencies, slice_block
 from ragline.generators.kv_reuse.block_layout import BlockLayout, lay_out
 from ragline.generators.kv_reuse.block_prompt import BlockPrompt, block_prompt
 from ragline.generators.kv_reuse.block_store import BlockStore
@@ -176,8 +176,9 @@ class PassageKVReuse:
             self.store.served_by_layout([key for key, *_ in entries])
             return layout, True
         blocks = []
-        for key, ids, piece, with_sink, positions in entries:
-            block = self.store.get_or_compute(ids, lambda p=piece, s=with_sink: prefill_block(model, p, s), key=key)
+        stored = self.store.get_or_compute_many([ids for _, ids, *_ in entries], [key for key, *_ in entries],
+                                                lambda missing: self._prefill([entries[i] for i in missing]))
+        for block, (*_, positions) in zip(stored, entries):
             block = self.store.to_device(block, model.device)
             if positions is not None:
                 block = slice_block(block, positions, self._inv_freq, self._shift)
@@ -188,6 +189,19 @@ class PassageKVReuse:
                            self.blend_check_layer)
         self.layouts.put(layout_key, layout)
         return layout, False
+
+    def _prefill(self, entries: list[tuple]) -> list:
+        """The blocks of ``entries`` that no tier holds, prefilled in batches of
+        similar length, blocks with the same sink together, in order."""
+        model = self.generator.lm
+        blocks = [None] * len(entries)
+        by_sink: dict[tuple, list[int]] = {}
+        for n, entry in enumerate(entries):
+            by_sink.setdefault(tuple(entry[3]), []).append(n)
+        for sink, members in by_sink.items():
+            for n, block in zip(members, prefill_blocks(model, [entries[n][2] for n in members], sink)):
+                blocks[n] = block
+        return blocks
 
     def _open_cache(self, layout: BlockLayout | None):
         """A cache over ``layout`` for one call (None without a layout)."""
