@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ragline-setup
 FAISS_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 DEMO_INDEX  := .demo-index
 
-.PHONY: setup lock demo test lint docs fuzz bench extra-models clean
+.PHONY: setup lock demo test lint docs fuzz bench bench-check extra-models clean
 
 setup: $(STAMP)
 
@@ -73,6 +73,13 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check --quiet .
 	$(BIN)/lint-imports --no-cache
+
+# A short run of each benchmark of a measured path, its ratios compared with
+# benchmarks/baselines.json (fails on a regression of more than 25 %); run it
+# before stopping whenever you touched a measured path. BENCH_ARGS=--update
+# writes this run's ratios as the baselines.
+bench-check: $(STAMP)
+	$(BIN)/python benchmarks/check.py $(BENCH_ARGS)
 
 # docs/stages.md from the stages' own annotations (a test fails when it is stale).
 docs: $(STAMP)
