@@ -74,10 +74,11 @@ class Block:
 @contextlib.contextmanager
 def ray_batches(read: PassageReader, hashes: list, encoders: dict[str, dict[str, Any]], skip: int, batch_size: int,
                 address: str, workers: int | None) -> Iterator[Iterator[tuple[list, dict[str, Any]]]]:
-    """``build._batches`` on Ray: the corpus as ``read(hashes)`` gives it, past
-    its first ``skip`` passages, in batches of ``batch_size`` with the vectors
-    of every component in ``encoders`` (``encoding_components``); ``hashes``
-    gets the documents read for each batch before it is yielded."""
+    """``build._batches`` on Ray: the corpus as ``read`` gives it, past its
+    first ``skip`` passages, in batches of ``batch_size`` with the vectors of
+    every component in ``encoders`` (``encoding_components``); ``hashes`` gets
+    the documents first read for each batch's passages before it is yielded
+    (the reader runs ahead of the batches being fed)."""
     with ray_session(address) as ray:
         gpus = 1 if cluster_gpus(ray) and _can_use_gpu(encoders) else 0
         workers = workers or default_workers(ray, gpus)
