@@ -519,27 +519,30 @@ def serve_process(*options: str) -> tuple[subprocess.Popen, str]:
     return process, f"http://{HOST}:{port}"
 
 
-def test_sigterm_finishes_requests_in_flight_and_exits_0(docs_index, tiny_lm, tmp_path):
+def test_sigterm_finishes_requests_in_flight_and_exits_0(docs_index, tmp_path):
+    # The stream must still be running when the searches are: a streamed answer does not wait for a
+    # batch, and an 8-token answer from a tiny model was over in ~0.2 s, sometimes before the gauge
+    # was read. 100 tokens from SmolLM2 sampled at temperature 2 (no early end) take seconds.
     (tmp_path / "docs.yaml").write_text("top_k: 2\nstages:\n  - bm25: {k: 2}\n")
     (tmp_path / "qa.yaml").write_text(
-        "stages:\n  - bm25: {k: 2}\n"
-        f"  - generate: {{model: {tiny_lm}, passages: 2, max_new_tokens: 8, system_prompt: 'Answer.',"
-        " options: {device: cpu}}\n")
+        "stages:\n  - bm25: {k: 2}\n  - generate: {model: SmolLM2-135M-Instruct, passages: 2, max_new_tokens: 100}\n")
     process, base = serve_process("--pipeline", str(tmp_path / "docs.yaml"), "--pipeline", str(tmp_path / "qa.yaml"),
                                   "--index", str(docs_index), "--batch-wait-ms", "3000")
     try:
-        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 90, "the server to be ready")
+        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 180, "the server to be ready")
 
         def ask_streamed() -> list[str]:
-            with httpx.stream("POST", f"{base}/v1/ask", json={"question": "lucene", "pipeline": "qa", "stream": True},
-                              timeout=30) as response:
+            request = {"question": "Tell me everything about Lucene", "pipeline": "qa", "stream": True,
+                       "temperature": 2.0, "seed": 1}
+            with httpx.stream("POST", f"{base}/v1/ask", json=request, timeout=60) as response:
                 return [event for event, _ in sse_events(response)]
 
         with ThreadPoolExecutor(5) as pool:
             searches = [pool.submit(httpx.post, f"{base}/v1/search", json={"query": f"lucene {i}"}, timeout=30)
                         for i in range(4)]
             wait_for(lambda: metric(base, "ragline_queue_depth", pipeline="docs") == 4, 10, "the searches queued")
-            stream = pool.submit(ask_streamed)  # waits behind the search batch's 3 s window
+            stream = pool.submit(ask_streamed)
+            # 4 searches, the stream, and the /metrics request reading the gauge.
             wait_for(lambda: metric(base, "ragline_requests_in_flight") >= 6, 30, "every request in flight")
             process.send_signal(signal.SIGTERM)
             assert [f.result().status_code for f in searches] == [200] * 4
