@@ -3,8 +3,10 @@ ratios compared with the committed baselines (benchmarks/baselines.json).
 
 Ratios, not times: each is two figures measured side by side in one run (warm
 against full prefill, Ray against a plain build, batching on against off), so
-a busier or slower machine moves both. A ratio more than 25 % worse than its
-baseline fails the check, naming the benchmark, the ratio and both values.
+a busier or slower machine moves both. A benchmark with a ratio more than
+25 % worse than its baseline runs once more (a short run on a shared machine
+is sometimes slow by chance; a regression repeats), and a ratio still worse
+in both runs fails the check, naming the benchmark, the ratio and the values.
 Run it before you stop whenever you touched a measured path; ``--update``
 writes the figures of this run as the new baselines (after a change that
 moves them on purpose: say so in the commit).
@@ -107,6 +109,19 @@ def main() -> None:
         print(f"   {measured[name]}  (baseline {baselines.get(name, {})}, "
               f"{time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
     failed = regressions(measured, baselines)
+    if failed and not args.update:
+        # A short run on a shared machine is sometimes slow by chance; a regression repeats. Each
+        # benchmark that regressed runs once more, and each ratio keeps the better of its two runs.
+        again = sorted({line.split(":")[0] for line in failed})
+        for name in again:
+            figures, loads = run(name)
+            second = {ratio: round(figure(figures, path), 3) for ratio, (path, _) in CHECKS[name][1].items()}
+            report["checks"][name]["second_run"] = {"ratios": second,
+                                                    "load_average_before_after": [round(x, 2) for x in loads]}
+            measured[name] = {ratio: (max if CHECKS[name][1][ratio][1] == "higher" else min)(value, second[ratio])
+                              for ratio, value in measured[name].items()}
+            print(f"   again: {second}", file=sys.stderr, flush=True)
+        failed = regressions(measured, baselines)
     report["regressions"] = failed
     if args.update:
         BASELINES.write_text(json.dumps({**baselines, **measured}, indent=2) + "\n")
