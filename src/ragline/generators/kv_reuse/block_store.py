@@ -69,22 +69,7 @@ class BlockStore:
 
     def get_or_compute(self, token_ids: Sequence[int], compute: Callable[[], BlockKV], key: str | None = None) -> BlockKV:
         """The block of ``token_ids`` (``key``: its ``key_of``, if already known)."""
-        key = key or block_key(self.model_id, token_ids)
-        with self._lock:
-            block = self._memory.get(key)
-            if block is not None:
-                self._memory.move_to_end(key)
-                self.stats["memory_hits"] += 1
-                return block
-        block = self._read_disk(key, token_ids)
-        if block is not None:
-            self.stats["disk_hits"] += 1
-        else:
-            self.stats["misses"] += 1
-            block = compute()
-            self._write_disk(key, block)
-        self._remember(key, block)
-        return block
+        return self.get_or_compute_many([token_ids], [key or self.key_of(token_ids)], lambda _: [compute()])[0]
 
     def get_or_compute_many(self, token_ids: Sequence[Sequence[int]], keys: Sequence[str],
                             compute: Callable[[list[int]], list[BlockKV]]) -> list[BlockKV]:
