@@ -92,15 +92,21 @@ def prefill_block(model, token_ids: Sequence[int], sink_ids: Sequence[int] = ())
 
     if not token_ids:
         raise RaglineError("an empty block has nothing to cache")
-    sink = len(sink_ids)
     ids = torch.tensor([list(sink_ids) + list(token_ids)], device=model.device)
     # A cache without the config's sliding-window layers: those keep only a
     # window's worth of keys, and a block needs them all. The mask still
     # applies each layer's window.
     cache = DynamicCache()
     model(input_ids=ids, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
-    keys = [layer.keys[..., sink:, :] for layer in cache.layers]
-    values = [layer.values[..., sink:, :] for layer in cache.layers]
+    return _cached_block(model, cache, 0, sink_ids, token_ids)
+
+
+def _cached_block(model, cache, row: int, sink_ids: Sequence[int], token_ids: Sequence[int]) -> BlockKV:
+    """Row ``row`` of a prefilled cache as a block: its tokens after the sink,
+    keys moved back to start at position 0."""
+    sink, end = len(sink_ids), len(sink_ids) + len(token_ids)
+    keys = [layer.keys[row:row + 1, :, sink:end, :] for layer in cache.layers]
+    values = [layer.values[row:row + 1, :, sink:end, :] for layer in cache.layers]
     if sink:
         inv_freq = rotary_frequencies(model)
         keys = [rope_shift_reference(k, -sink, layer_frequencies(inv_freq, i)) for i, k in enumerate(keys)]
@@ -148,13 +154,7 @@ def prefill_blocks(model, blocks: Sequence[Sequence[int]], sink_ids: Sequence[in
         model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **with_cache(model, cache),
               use_cache=True, logits_to_keep=1)
         for row, i in enumerate(group):
-            end = sink + len(blocks[i])
-            keys = [layer.keys[row:row + 1, :, sink:end, :] for layer in cache.layers]
-            values = [layer.values[row:row + 1, :, sink:end, :] for layer in cache.layers]
-            if sink:
-                inv_freq = rotary_frequencies(model)
-                keys = [rope_shift_reference(k, -sink, layer_frequencies(inv_freq, n)) for n, k in enumerate(keys)]
-            block = BlockKV.of(tuple(sink_ids) + tuple(blocks[i]), keys, values)
+            block = _cached_block(model, cache, row, sink_ids, blocks[i])
             if block.stacked is None:  # its own memory, not views of the whole batch's
                 block = BlockKV(block.token_ids, [k.clone() for k in block.keys], [v.clone() for v in block.values])
             results[i] = block
