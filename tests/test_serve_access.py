@@ -5,6 +5,9 @@ JSON only (no cross-origin 'simple' form or text/plain POSTs)."""
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -20,8 +23,16 @@ def pipelines() -> dict[str, Pipeline]:
     return {"fused": Pipeline([Fuse("rrf")], top_k=0)}  # loads nothing: these tests are about the door
 
 
-def client(**settings) -> TestClient:
-    return TestClient(create_app(pipelines(), ServeSettings(allowed_hosts=LOCAL, **settings)))
+@contextmanager
+def client(**settings):
+    """A client of a ready server: warming up runs as a task after start-up,
+    and until it ends every API route answers 503 whatever the request."""
+    with TestClient(create_app(pipelines(), ServeSettings(allowed_hosts=LOCAL, **settings))) as http:
+        deadline = time.monotonic() + 30
+        while http.get("/healthz").status_code != 200:
+            assert time.monotonic() < deadline, "the server did not become ready in 30 s"
+            time.sleep(0.01)
+        yield http
 
 
 def test_docs_and_schema_are_off_by_default():
