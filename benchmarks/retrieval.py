@@ -88,6 +88,7 @@ def build_in_child(corpus: Path, out: Path, components: dict) -> tuple[float, fl
 
 
 ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
+PASSAGE_LENGTHS = {32: 384, 128: 128, 256: 64}  # tokens per passage: passages timed per backend and round
 
 
 def encoder_backend_figures(corpus: Path, topics, qrels, work: Path, sample: int, limit: int | None,
@@ -98,18 +99,17 @@ def encoder_backend_figures(corpus: Path, topics, qrels, work: Path, sample: int
     speedup is the median of the per-round ratios to torch. Quality: each
     backend's embeddings against torch's, and nDCG@10 / Recall@100 of a dense
     index built with each over the first ``limit`` documents (None: all)."""
-    import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ragline.engine import terminal
     from ragline.engine.data.corpus import read_corpus
     from ragline.engine.index.build import build_index
-    from ragline.engine.lm.encoders import encode_texts, load_sentence_encoder
+    from ragline.engine.lm.encoders import load_sentence_encoder
     from ragline.engine.types import Query
     from ragline.eval.metrics import mean_scores
     from ragline.retrievers.dense import Dense
 
-    figures: dict = {}
+    figures: dict = {"load_average_at_start": [round(load, 2) for load in os.getloadavg()]}
     models = {}
     for backend in ENCODER_BACKENDS:
         start = time.perf_counter()  # the onnx backends export once into the model cache on first use
@@ -117,34 +117,37 @@ def encoder_backend_figures(corpus: Path, topics, qrels, work: Path, sample: int
         figures[f"load_{backend}_seconds"] = round(time.perf_counter() - start, 1)
 
     documents = [d.text for d in itertools.islice(read_corpus(corpus), sample)]
-    chunks = [documents[i : i + 256] for i in range(0, len(documents), 256)]  # a moving bar
-    seconds: dict[str, list[float]] = {backend: [] for backend in ENCODER_BACKENDS}
-    vectors = {}
+    # Vaswani's abstracts are short (~60 tokens); RAG chunks are longer, and a
+    # backend's speed-up need not carry over: the same words cut into passages
+    # of 32, 128 and 256 tokens too (fewer passages as they grow, ~equal work).
+    tokenizer = models["torch"].tokenizer
+    words = " ".join(documents).split()
+    counted = documents[:200]
+    tokens_per_word = (sum(len(ids) for ids in tokenizer(counted, add_special_tokens=False)["input_ids"])
+                       / sum(len(text.split()) for text in counted))
+    sets = {"abstracts": documents}
+    for tokens, count in PASSAGE_LENGTHS.items():
+        size = max(1, round((tokens - 2) / tokens_per_word))  # [CLS] and [SEP] are two of the tokens
+        sets[f"{tokens}tok"] = [" ".join(words[i * size:(i + 1) * size]) for i in range(min(count, len(words) // size))]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=terminal.stderr(), disable=not sys.stderr.isatty(), transient=True) as bar:
-        task = bar.add_task("encoding", total=(repeats + 1) * len(models) * len(documents))
-        for round_number in range(repeats + 1):  # round 0 warms up
-            for backend, model in models.items():
-                bar.update(task, description=f"encoding with {backend}, round {round_number}/{repeats}")
-                start, parts = time.perf_counter(), []
-                for chunk in chunks:
-                    parts.append(encode_texts(model, chunk))
-                    bar.advance(task, len(chunk))
-                if round_number:
-                    seconds[backend].append(time.perf_counter() - start)
-                vectors[backend] = np.concatenate(parts)
-    figures["encode_backend_documents"] = len(documents)
-    for backend in ENCODER_BACKENDS:
-        figures[f"encode_{backend}_docs_per_s"] = round(len(documents) / statistics.median(seconds[backend]), 1)
-        if backend == "torch":
-            continue
-        ratios = sorted(t / b for t, b in zip(seconds["torch"], seconds[backend]))
-        figures[f"encode_{backend}_speedup"] = round(statistics.median(ratios), 2)
-        figures[f"encode_{backend}_speedup_range"] = [round(ratios[0], 2), round(ratios[-1], 2)]
-        cosine = (vectors[backend] * vectors["torch"]).sum(axis=1)
-        figures[f"encode_{backend}_cosine_min"] = round(float(cosine.min()), 5)
-        figures[f"encode_{backend}_cosine_mean"] = round(float(cosine.mean()), 5)
+        task = bar.add_task("encoding", total=(repeats + 1) * len(models) * sum(map(len, sets.values())))
+        for name, texts in sets.items():
+            seconds, vectors = _encode_in_rounds(models, texts, repeats, bar, task, name)
+            suffix = "" if name == "abstracts" else f"_{name}"
+            figures[f"encode{suffix}_documents"] = len(texts)
+            figures[f"encode{suffix}_mean_tokens"] = round(statistics.mean(len(tokenizer(t)["input_ids"]) for t in texts), 1)
+            for backend in ENCODER_BACKENDS:
+                figures[f"encode{suffix}_{backend}_docs_per_s"] = round(len(texts) / statistics.median(seconds[backend]), 1)
+                if backend == "torch":
+                    continue
+                ratios = sorted(t / b for t, b in zip(seconds["torch"], seconds[backend]))
+                figures[f"encode{suffix}_{backend}_speedup"] = round(statistics.median(ratios), 2)
+                figures[f"encode{suffix}_{backend}_speedup_range"] = [round(ratios[0], 2), round(ratios[-1], 2)]
+                cosine = (vectors[backend] * vectors["torch"]).sum(axis=1)
+                figures[f"encode{suffix}_{backend}_cosine_min"] = round(float(cosine.min()), 5)
+                figures[f"encode{suffix}_{backend}_cosine_mean"] = round(float(cosine.mean()), 5)
 
     source = corpus
     if limit is not None:
@@ -168,9 +171,34 @@ def encoder_backend_figures(corpus: Path, topics, qrels, work: Path, sample: int
     return figures
 
 
+def _encode_in_rounds(models: dict, texts: list[str], repeats: int, bar, task, name: str):
+    """Seconds per round for each backend, in rounds that take every backend
+    in turn (neighbours' load hits all alike; round 0 warms up), and each
+    backend's vectors."""
+    import numpy as np
+
+    from ragline.engine.lm.encoders import encode_texts
+
+    chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]  # a moving bar
+    seconds: dict[str, list[float]] = {backend: [] for backend in models}
+    vectors = {}
+    for round_number in range(repeats + 1):
+        for backend, model in models.items():
+            bar.update(task, description=f"{name}: encoding with {backend}, round {round_number}/{repeats}")
+            start, parts = time.perf_counter(), []
+            for chunk in chunks:
+                parts.append(encode_texts(model, chunk))
+                bar.advance(task, len(chunk))
+            if round_number:
+                seconds[backend].append(time.perf_counter() - start)
+            vectors[backend] = np.concatenate(parts)
+    return seconds, vectors
+
+
 def report(figures: dict) -> None:
     """A table for people, then one JSON line of every figure (the last line)."""
     figures["cpu_count"] = os.cpu_count()
+    figures["load_average"] = [round(load, 2) for load in os.getloadavg()]  # at the end: was the machine quiet?
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")

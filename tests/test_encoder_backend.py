@@ -106,6 +106,15 @@ def test_the_export_is_made_once_and_reused(onnx_cache, monkeypatch):
     assert {f.name: f.stat().st_mtime_ns for f in folder.iterdir()} == written
 
 
+def test_the_export_has_eager_attention_without_the_sdpa_nan_guard(onnx_cache):
+    import onnx
+
+    folder = load_sentence_encoder(ENCODER, backend="onnx")[0].auto_model.path.parent
+    for name in (onnx_encoder.FP32_FILE, onnx_encoder.INT8_FILE):
+        operators = {node.op_type for node in onnx.load(str(folder / name), load_external_data=False).graph.node}
+        assert "Softmax" in operators and "IsNaN" not in operators, name
+
+
 def test_a_changed_encoder_is_still_refused(onnx_cache, texts, tmp_path):
     encoder = tmp_path / "encoder"
     shutil.copytree(resolve_model_source(ENCODER), encoder)
