@@ -316,15 +316,28 @@ def test_train_sentinel_command_reports_held_out_auc(tiny_lm, hotpotqa_path, tmp
     out = tmp_path / "probe.json"
     result = subprocess.run([sys.executable, "-m", "ragline.cli", "train", "sentinel", "--data",
                              str(hotpotqa_path), "--proxy", tiny_lm, "--out", str(out), "--limit", "6",
-                             "--test-limit", "3", "--device", "cpu", "--pooling", "last+question", "--features",
-                             "attention+embedding", "--select"], capture_output=True, text=True, timeout=600)
+                             "--test-limit", "3", "--device", "cpu"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "held out: 3 questions, AUC" in " ".join(result.stdout.split())  # rich wraps long lines
     probe = json.loads(out.read_text())
     assert probe["training"]["test_questions"] == 3 and probe["training"]["train_questions"] == 6
+    # The default is the best measured recipe, not the paper's.
     assert probe["pooling"] == "last+question" and probe["features"] == "attention+embedding"
+    assert probe["training"]["complete_only"] is True
     kept = probe["training"]["selected_features"]  # chosen by cross-validation: may be all 2 × 4 × 2
     assert len(probe["coef"]) == kept + 1 and kept == (len(probe["selected"]) if probe["selected"] else 16)
+
+
+def test_the_paper_recipe_is_an_option_and_single_settings_change_a_recipe():
+    from ragline.compressors.sentinel_training import BEST, PAPER, recipe_named
+
+    assert recipe_named("best") == BEST and BEST.pooling == "last+question" and BEST.select
+    assert recipe_named("paper") == PAPER and (PAPER.pooling, PAPER.features, PAPER.select) == ("last", "attention", False)
+    assert not PAPER.complete_only
+    changed = recipe_named("paper", pooling="question", select=None)
+    assert (changed.pooling, changed.select, changed.features) == ("question", False, "attention")
+    with pytest.raises(ConfigError, match="unknown Sentinel recipe 'papers'"):
+        recipe_named("papers")
 
 
 def test_packing_keeps_order_and_gives_an_overlong_item_its_own_chunk():

@@ -17,24 +17,26 @@ def train_sentinel_command(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Train on at most this many questions.")] = None,
     test_limit: Annotated[Optional[int], typer.Option(min=1, help="Report the AUC on at most this many held-out questions.")] = None,
     c: Annotated[Optional[float], typer.Option("--c", help="Inverse L2 regularisation of the logistic regression (default: chosen by cross-validation over training questions).")] = None,
-    pooling: Annotated[str, typer.Option(help="Which tokens read the context: last, question or last+question.")] = "last",
-    features: Annotated[str, typer.Option(help="attention, or attention+embedding (the sentence's similarity to the question is one more feature).")] = "attention",
-    select: Annotated[bool, typer.Option("--select/--all-heads", help="Keep only the best (layer, head) features, how many chosen by cross-validation.")] = False,
-    all_questions: Annotated[bool, typer.Option("--all-questions", help="Learn from questions whose evidence is only partly in their context too.")] = False,
+    recipe: Annotated[str, typer.Option(help="best: the compression benchmark's best variant (last+question pooling, attention+embedding, --select, evidence-complete questions); paper: Sentinel's original (last token, attention, every head, --all-questions). The options below change one part of it.")] = "best",
+    pooling: Annotated[Optional[str], typer.Option(help="Which tokens read the context: last, question or last+question.")] = None,
+    features: Annotated[Optional[str], typer.Option(help="attention, or attention+embedding (the sentence's similarity to the question is one more feature).")] = None,
+    select: Annotated[Optional[bool], typer.Option("--select/--all-heads", help="Keep only the best (layer, head) features, how many chosen by cross-validation.")] = None,
+    all_questions: Annotated[Optional[bool], typer.Option("--all-questions/--complete-only", help="Learn from questions whose evidence is only partly in their context too.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the question split.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when present).")] = None,
 ) -> None:
     """Label HotpotQA sentences by supporting facts, read the proxy's attention
     features, fit a logistic-regression probe, report held-out AUC."""
-    from ragline.compressors.sentinel_training import train_sentinel
+    from ragline.compressors.sentinel_training import recipe_named, train_sentinel
     from ragline.engine import terminal
     from ragline.engine.data.hotpotqa import read_hotpotqa, split_by_question
 
+    chosen = recipe_named(recipe, pooling=pooling, features=features, select=select,
+                          complete_only=None if all_questions is None else not all_questions)
     # Limits count the questions that will teach the probe.
-    questions = [q for q in read_hotpotqa(data) if q.supporting and (all_questions or q.evidence_complete)]
+    questions = [q for q in read_hotpotqa(data) if q.supporting and (not chosen.complete_only or q.evidence_complete)]
     train, test = split_by_question(questions, holdout, seed) if holdout else (questions, [])
-    summary = train_sentinel(train[:limit], test[:test_limit], proxy, out, device=device, c=c, pooling=pooling,
-                             features=features, select=select, complete_only=not all_questions,
+    summary = train_sentinel(train[:limit], test[:test_limit], proxy, out, device=device, c=c, recipe=chosen,
                              progress=sys.stderr.isatty())
     line = (f"[green]trained[/] {out}: {summary['train_questions']} questions, {summary['train_sentences']:,} "
             f"sentences ({summary['train_positives']:,} supporting), train AUC {summary['train_auc']:.3f}")

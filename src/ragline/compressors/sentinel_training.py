@@ -3,17 +3,20 @@ positives, every other sentence of the question's ten paragraphs a negative.
 
 Sentences are the file's own (exact labels, no splitter in the way); the
 questions split by id (``split_by_question``), the probe is fitted on the
-training side and its AUC reported on the held-out side. By default only
-questions whose evidence is all in their context teach the probe. The
+training side and its AUC reported on the held-out side. The
 regularisation, and with ``select`` the number of (layer, head) features
 kept (ranked by their own AUC), are chosen by cross-validation over whole
 training questions.
+
+What the probe reads and learns from is a recipe: ``BEST``, the default, is
+the variant the compression benchmark measured best with both packaged
+proxies; ``PAPER`` is Sentinel's original.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,31 @@ from ragline.engine.data.hotpotqa import HotpotQuestion, paragraph_passage
 from ragline.engine.errors import ConfigError, InputError
 from ragline.engine.lm.encoders import DEFAULT_ENCODER
 from ragline.engine.types import Passage
+
+
+@dataclass(frozen=True)
+class Recipe:
+    pooling: str  # which tokens read the context (attention_features.POOLINGS)
+    features: str  # "attention" or "attention+embedding"
+    select: bool  # keep only the (layer, head) features cross-validation says help
+    complete_only: bool  # learn only from questions whose evidence is all in their context
+
+
+# benchmarks/compression.py, 41 held-out questions, support recall at 5x:
+# SmolLM2 0.555 (paper) -> 0.833 (best), Gemma-3-270M 0.532 -> 0.837, against
+# MiniLM sentence similarity's 0.758 (docs/results.md, "Context compression").
+BEST = Recipe(pooling="last+question", features="attention+embedding", select=True, complete_only=True)
+# The paper's: the answering (last) token's attention, every head, every
+# question with a labelled supporting sentence.
+PAPER = Recipe(pooling="last", features="attention", select=False, complete_only=False)
+RECIPES = {"best": BEST, "paper": PAPER}
+
+
+def recipe_named(name: str, **changes) -> Recipe:
+    """The recipe ``name`` with the given fields changed (None: keep the recipe's)."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown Sentinel recipe {name!r}; use one of {', '.join(RECIPES)}")
+    return replace(RECIPES[name], **{key: value for key, value in changes.items() if value is not None})
 
 
 def labelled_units(question: HotpotQuestion) -> tuple[list[Passage], list[SentenceUnit], list[int]]:
@@ -186,17 +214,18 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def train_sentinel(questions: Sequence[HotpotQuestion], held_out: Sequence[HotpotQuestion], proxy: str,
-                   out: str | Path, device: str | None = None, c: float | None = None, pooling: str = "last",
-                   features: str = "attention", select: bool = False, complete_only: bool = True,
+                   out: str | Path, device: str | None = None, c: float | None = None, recipe: Recipe = BEST,
                    embedding_model: str = DEFAULT_ENCODER, progress: bool = False) -> dict:
     """``c``: the logistic regression's inverse regularisation; None chooses it
-    by cross-validation over training questions. ``complete_only``: learn only
-    from questions whose every supporting sentence is in their context (in the
-    others a needed sentence is missing, and the probe would learn that the
-    context holds nothing relevant)."""
+    by cross-validation over training questions. With ``recipe.complete_only``
+    only questions whose every supporting sentence is in their context teach
+    the probe (in the others a needed sentence is missing, and the probe would
+    learn that the context holds nothing relevant)."""
     from ragline.engine.lm.causal_lm import load_causal_lm
     from ragline.engine.lm.encoders import load_sentence_encoder
     from ragline.engine.lm.packaged import canonical_model_id
+
+    pooling, features, select, complete_only = recipe.pooling, recipe.features, recipe.select, recipe.complete_only
 
     if pooling not in POOLINGS:
         raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
