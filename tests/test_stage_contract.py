@@ -176,6 +176,10 @@ def test_stages_sharing_the_generator_prompt_must_agree():
         Pipeline([AttnRank("profile.json"), Generate(cite=False)])
     with pytest.raises(ConfigError, match="system_prompt"):
         Pipeline([AttnRank("profile.json", system_prompt="Be brief."), Generate()])
+    # A layout made for 10 slots, of which the generator would show the first 5.
+    with pytest.raises(ConfigError, match=r"stage 'generate' uses passages=5 but stage 'attnrank' uses passages=10"):
+        Pipeline([AttnRank("profile.json", passages=10), Generate()])
+    Pipeline([AttentionSort(passages=10), Generate(passages=10)])
     # A server's model name is not compared with local weights.
     Pipeline([AttentionSort(), Generate(backend="http", model="served-name")])
 

@@ -114,7 +114,9 @@ def _check_order(stages: list[Stage]) -> None:
 def _check_generator_prompts(stages: list[Stage]) -> None:
     """Stages that reorder by the generator's attention measure it on the
     generator's own prompt; a different model, system prompt or citation mode
-    would make them reorder for a prompt that is never generated from."""
+    would make them reorder for a prompt that is never generated from, and a
+    different number of passages would have the generator show the first
+    slots of a layout made for more (dropping what was put in the last)."""
     first: Stage | None = None
     for stage in stages:
         settings = stage.generator_prompt()
@@ -129,5 +131,5 @@ def _check_generator_prompts(stages: list[Stage]) -> None:
                 raise ConfigError(
                     f"stage {stage.name!r} uses {key}={settings[key]!r} but stage {first.name!r} uses "
                     f"{key}={reference[key]!r}: stages that share the generator's prompt must agree on its "
-                    "model, system prompt and citation mode"
+                    "model, system prompt, citation mode and number of passages"
                 )

@@ -110,7 +110,7 @@ class Generate(Stage):
 
     def generator_prompt(self) -> dict[str, Any]:
         # A server's model name says nothing about local weights.
-        return self.prompts.shared_settings(None if self.backend_name == "http" else self.model)
+        return self.prompts.shared_settings(None if self.backend_name == "http" else self.model, self.passages)
 
     def run(self, batch: list[Query]) -> list[Query]:
         return self._generate(batch, None)

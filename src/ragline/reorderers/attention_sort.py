@@ -24,7 +24,7 @@ from ragline.engine.types import Query
 class AttentionSort(Stage):
     name = "attention_sort"
 
-    def __init__(self, model: str = DEFAULT_GENERATOR, passages: PositiveInt = 10, rounds: PositiveInt = 1,
+    def __init__(self, model: str = DEFAULT_GENERATOR, passages: PositiveInt = 5, rounds: PositiveInt = 1,
                  per_token: bool = False, cite: bool = True, system_prompt: str | None = None,
                  device: str | None = None, backend: KernelChoice = "auto"):
         self.model = model
@@ -44,7 +44,7 @@ class AttentionSort(Stage):
         self.reader = PassageAttention(model, tokenizer, self.builder, self.backend)
 
     def generator_prompt(self) -> dict[str, Any]:
-        return self.builder.shared_settings(self.model)
+        return self.builder.shared_settings(self.model, self.passages)
 
     def run(self, batch: list[Query]) -> list[Query]:
         self.warm_up()

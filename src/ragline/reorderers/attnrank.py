@@ -76,7 +76,7 @@ def basin_order(relevance_ranked: list, profile: np.ndarray) -> list:
 class AttnRank(Stage):
     name = "attnrank"
 
-    def __init__(self, profile: str, passages: PositiveInt = 10, model: str = DEFAULT_GENERATOR, cite: bool = True,
+    def __init__(self, profile: str, passages: PositiveInt = 5, model: str = DEFAULT_GENERATOR, cite: bool = True,
                  system_prompt: str | None = None):
         """``model``, ``cite`` and ``system_prompt`` describe the generator the
         passages go to; the profile must have been measured on that prompt."""
@@ -103,7 +103,7 @@ class AttnRank(Stage):
         self.profile = profile
 
     def generator_prompt(self) -> dict[str, Any]:
-        return self.builder.shared_settings(self.model)
+        return self.builder.shared_settings(self.model, self.passages)
 
     def run(self, batch: list[Query]) -> list[Query]:
         self.warm_up()

@@ -44,12 +44,13 @@ class PromptBuilder:
     cite: bool = True
     max_passage_chars: int = 0
 
-    def shared_settings(self, model: str | None) -> dict[str, Any]:
+    def shared_settings(self, model: str | None, passages: int) -> dict[str, Any]:
         """What every stage that reads or writes this prompt must agree on
         (``Stage.generator_prompt``): the model (canonical id; it fixes the
         chat template; None where a server's model name says nothing about
-        local weights), the system prompt and the citation mode."""
-        settings: dict[str, Any] = {"system_prompt": self.system_prompt, "cite": self.cite}
+        local weights), the system prompt, the citation mode and how many
+        passages it shows."""
+        settings: dict[str, Any] = {"system_prompt": self.system_prompt, "cite": self.cite, "passages": passages}
         if model is not None:
             settings["model"] = canonical_model_id(model)
         return settings
