@@ -246,3 +246,26 @@ def test_eval_compare_refuses_runs_it_cannot_pair(two_runs, tmp_path):
         result = ragline("eval", "compare", *args)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_rows_and_summary_carry_the_kv_reuse_statistics(questions, smollm2_folder):
+    from ragline.generators.generate import Generate
+
+    pipe = Pipeline([Generate(model=smollm2_folder, passages=2, max_new_tokens=2, kv_reuse="block")])
+    rows, summary = evaluate_qa(questions[:2], pipe)
+    for row in rows:  # blocks: the two passages and the prompt's own pieces around them
+        kv = row["kv"]
+        assert kv["kv_reuse"] == "block" and kv["misses"] >= 2
+        assert kv["cached_tokens"] > 50 and kv["prefilled_tokens"] > 5
+    first_misses = [row["kv"]["misses"] for row in rows]
+    assert summary["kv"]["questions_by_mode"] == {"block": 2} and summary["kv"]["misses"] == sum(first_misses)
+    assert 0.5 < summary["kv"]["cached_share"] < 1
+
+    again, summary = evaluate_qa(questions[:2], pipe)  # the same passages: every block from memory
+    assert summary["kv"]["misses"] == 0 and summary["kv"]["layouts_reused"] == 2
+    assert [row["kv"]["memory_hits"] for row in again] >= [1, 1]
+
+
+def test_a_run_without_kv_reuse_has_no_kv_summary(questions):
+    rows, summary = evaluate_qa(questions[:2], Pipeline([KeepFirstSentence()]))
+    assert "kv" not in rows[0] and summary["kv"] is None

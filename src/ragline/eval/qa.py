@@ -197,11 +197,38 @@ def _score(question: HotpotQuestion, query: Query) -> dict[str, Any]:
     ttft = [t.extra["ttft"] for t in query.trace if "ttft" in t.extra]
     if ttft:
         row["ttft"] = ttft[0]
+    kv = [{key: t.extra[key] for key in KV_STATS if key in t.extra} for t in query.trace if "kv_reuse" in t.extra]
+    if kv:
+        row["kv"] = kv[0]
     if row["prediction"] is not None:
         answer = strip_citations(row["prediction"])
         row["em"] = exact_match(answer, question.answer)
         row["f1"] = f1_score(answer, question.answer)
     return row
+
+
+# What the generate stage's passage KV reuse did for a question (its trace
+# entry): the mode (or why it was skipped), tokens read from cached blocks and
+# tokens computed, where the blocks came from, and whether the layout of the
+# same passages in the same order was reused whole.
+KV_STATS = ("kv_reuse", "cached_tokens", "prefilled_tokens", "memory_hits", "disk_hits", "misses", "discarded",
+            "layout_reused", "recomputed_tokens")
+KV_TOTALS = ("cached_tokens", "prefilled_tokens", "memory_hits", "disk_hits", "misses", "discarded", "recomputed_tokens")
+
+
+def kv_summary(rows: Sequence[dict]) -> dict[str, Any] | None:
+    """Totals of the rows' KV statistics, the questions by mode, and the share
+    of prompt tokens that came from the cache; None when no row reused KV."""
+    kv = [r["kv"] for r in rows if "kv" in r]
+    if not kv:
+        return None
+    modes: dict[str, int] = {}
+    for stats in kv:
+        modes[str(stats["kv_reuse"])] = modes.get(str(stats["kv_reuse"]), 0) + 1
+    totals = {key: sum(stats.get(key, 0) for stats in kv) for key in KV_TOTALS}
+    prompt_tokens = totals["cached_tokens"] + totals["prefilled_tokens"]
+    return {"questions_by_mode": modes, **totals, "layouts_reused": sum(bool(s.get("layout_reused")) for s in kv),
+            "cached_share": totals["cached_tokens"] / prompt_tokens if prompt_tokens else None}
 
 
 # The per-question values the summary averages, each with a bootstrap interval.
@@ -224,6 +251,7 @@ def summarize(rows: Sequence[dict]) -> dict[str, Any]:
         **means,
         "compression_ratio": (before / after) if before and after else None,
         "stage_seconds": {stage: statistics.fmean(v) for stage, v in stages.items()},
+        "kv": kv_summary(rows),
         "intervals": intervals,
         "interval_method": METHOD,
     }
