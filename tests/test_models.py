@@ -54,3 +54,52 @@ def test_one_table_of_short_names_serves_encoders_and_language_models():
     assert models.canonical_model_id("ALL-MINILM-L6-V2") == "sentence-transformers/all-MiniLM-L6-v2"
     assert models.canonical_model_id("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert models.canonical_model_id("org/unknown") == "org/unknown"
+
+
+class FakePartDistribution:
+    def __init__(self, part: Path):
+        self.part = part
+        self.files = [Path(f"pkg/data/{part.name}")]
+
+    def locate_file(self, _):
+        return self.part
+
+
+def gguf_parts(tmp_path: Path, monkeypatch, blob: bytes) -> tuple[str, ...]:
+    parts = []
+    for i, start in enumerate(range(0, len(blob), 10), 1):
+        part = tmp_path / f"part{i:02d}.bin"
+        part.write_bytes(blob[start : start + 10])
+        parts.append(part)
+    fake = {f"dist-part{i}": FakePartDistribution(p) for i, p in enumerate(parts, 1)}
+    monkeypatch.setattr(models.metadata, "distribution", lambda name: fake[name])
+    return tuple(fake)
+
+
+def test_joined_gguf_parts_that_are_not_the_pinned_file_are_refused_and_leave_nothing(tmp_path, monkeypatch):
+    import hashlib
+
+    import pytest
+
+    from ragline.engine.errors import RaglineError
+
+    blob = b"GGUF" + bytes(range(40))
+    names = gguf_parts(tmp_path, monkeypatch, blob)
+    monkeypatch.setenv("RAGLINE_CACHE", str(tmp_path / "cache"))
+    converted = []
+    monkeypatch.setattr(models, "_convert_gguf", lambda gguf, tmp: converted.append(gguf.read_bytes()))
+    pinned = models.PartsGGUF(names, sha256=hashlib.sha256(blob).hexdigest(), size=len(blob))
+    monkeypatch.setitem(models.PACKAGED, "org/parts-model", pinned)
+    (tmp_path / "part03.bin").write_bytes(b"x" * 10)  # one part changed, same size
+    with pytest.raises(RaglineError, match="join into 44 bytes with SHA-256 .*expected 44 bytes"):
+        models.packaged_model_path("org/parts-model")
+    assert converted == [] and not (tmp_path / "cache" / "models" / "org--parts-model").exists()
+
+    (tmp_path / "part03.bin").write_bytes(blob[20:30])  # put back: joined in order, checked, converted
+    assert models.packaged_model_path("org/parts-model") == tmp_path / "cache" / "models" / "org--parts-model"
+    assert converted == [blob]
+
+
+def test_qwen_has_its_short_name():
+    assert models.canonical_model_id("qwen2.5-coder-1.5b") == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+    assert models.canonical_model_id("Qwen2.5-Coder-1.5B-Instruct") == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
