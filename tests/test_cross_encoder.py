@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import subprocess
 import sys
@@ -173,6 +174,56 @@ def test_qrels_pairs_take_judged_positives_and_unjudged_bm25_negatives(vaswani, 
         relevant = sum(1 for grade in qrels[qid].values() if grade > 0)
         assert sum(p.label == 1 for p in mine) == relevant
         assert sum(p.label == 0 for p in mine) == 4
+
+
+@pytest.fixture(scope="module")
+def hotpotqa_paragraph_index(hotpotqa_questions, tmp_path_factory):
+    """BM25 over the paragraphs of 40 questions, as `ragline convert hotpotqa-corpus` writes them."""
+    import json
+
+    from ragline.engine.data.hotpotqa import paragraph_corpus
+    from ragline.engine.index.build import build_index
+
+    root = tmp_path_factory.mktemp("hotpotqa-paragraphs")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in paragraph_corpus(hotpotqa_questions[:40])))
+    build_index(corpus, root / "idx", {"bm25": {}})
+    return root / "idx"
+
+
+def test_hotpotqa_hard_negatives_are_bm25_paragraphs_that_are_not_gold(hotpotqa_questions, hotpotqa_paragraph_index,
+                                                                      vaswani_bm25_index):
+    from ragline.engine.data.hotpotqa import gold_paragraph_qrels
+    from ragline.rerankers.cross_encoder_training import hotpotqa_hard_negatives
+
+    questions = hotpotqa_questions[:6]
+    qrels = gold_paragraph_qrels(questions)
+    pairs = hotpotqa_hard_negatives(questions, hotpotqa_paragraph_index, negatives=3, depth=30)
+    for question in questions:
+        mine = [p for p in pairs if p.query == question.question]
+        if question.id not in qrels:
+            assert not mine
+            continue
+        gold_titles = set(question.gold_titles)
+        assert sum(p.label == 1 for p in mine) == len(qrels[question.id])
+        negatives = [p for p in mine if p.label == 0]
+        assert len(negatives) == 3 and not any(p.passage.split("\n")[0] in gold_titles for p in negatives)
+    with pytest.raises(InputError, match="none of the questions' gold paragraphs is in this index"):
+        hotpotqa_hard_negatives(questions, vaswani_bm25_index)
+
+
+@pytest.mark.slow
+def test_train_command_adds_hotpotqa_hard_negatives_from_an_index(hotpotqa_path, hotpotqa_paragraph_index, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ragline.cli", "train", "cross-encoder", "--data", str(hotpotqa_path),
+         "--out", str(tmp_path / "m"), "--index", str(hotpotqa_paragraph_index), "--negatives", "2",
+         "--limit", "2", "--max-length", "32", "--batch-size", "40", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    # Two questions: ten paragraphs each and two BM25 negatives each (and their gold paragraphs
+    # again where the index holds them): 20 pairs without --index.
+    pairs = int(re.search(r"2 queries, (\d+) pairs", " ".join(result.stdout.split())).group(1))
+    assert 24 <= pairs <= 28
 
 
 @pytest.mark.slow

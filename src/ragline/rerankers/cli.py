@@ -14,8 +14,8 @@ def train_cross_encoder_command(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the model to (sentence-transformers format).")],
     base: Annotated[str, typer.Option("--base", help="Encoder to start from: hub id, folder, or a packaged model.")] = "all-MiniLM-L6-v2",
     topics: Annotated[Optional[Path], typer.Option("--topics", help="Queries for qrels training (TREC, BEIR jsonl, tsv).")] = None,
-    index: Annotated[Optional[Path], typer.Option("--index", help="Index over the qrels' corpus, with BM25: hard negatives.")] = None,
-    negatives: Annotated[int, typer.Option(min=0, help="qrels: BM25 hard negatives per query.")] = 8,
+    index: Annotated[Optional[Path], typer.Option("--index", help="Index with BM25 over the qrels' corpus, or over HotpotQA's paragraphs (ragline convert hotpotqa-corpus): hard negatives.")] = None,
+    negatives: Annotated[int, typer.Option(min=0, help="BM25 hard negatives per query (with --index).")] = 8,
     holdout: Annotated[float, typer.Option(help="HotpotQA: fraction of questions left out of training (split by question id; 0 = none).")] = 0.0,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Train on at most this many queries (a seeded random choice).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the pairs.")] = 1,
@@ -26,16 +26,18 @@ def train_cross_encoder_command(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when present).")] = None,
 ) -> None:
     """Fine-tune a cross-encoder on labelled pairs: HotpotQA gold vs distractor
-    paragraphs, or qrels with BM25 hard negatives."""
+    paragraphs (and BM25 hard negatives, given --index), or qrels with BM25
+    hard negatives."""
     import random
 
     from ragline.engine import terminal
     from ragline.engine.errors import InputError
     from ragline.rerankers.cross_encoder_training import TrainingSettings, query_groups, train_cross_encoder
 
-    if (topics is None) != (index is None):
+    if topics is not None and index is None:
         raise InputError("qrels training needs both --topics and --index")
-    pairs = _qrels_pairs(data, topics, index, negatives) if topics else _hotpotqa_pairs(data, holdout, seed)
+    pairs = (_qrels_pairs(data, topics, index, negatives) if topics
+             else _hotpotqa_pairs(data, holdout, seed, index, negatives))
     if limit:
         groups = query_groups(pairs)
         random.Random(seed).shuffle(groups)
@@ -47,14 +49,17 @@ def train_cross_encoder_command(
                   f"{summary['steps']} steps, loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f}")
 
 
-def _hotpotqa_pairs(data: Path, holdout: float, seed: int):
+def _hotpotqa_pairs(data: Path, holdout: float, seed: int, index: Path | None, negatives: int):
     from ragline.engine.data.hotpotqa import read_hotpotqa, split_by_question
-    from ragline.rerankers.cross_encoder_training import pairs_from_hotpotqa
+    from ragline.rerankers.cross_encoder_training import hotpotqa_hard_negatives, pairs_from_hotpotqa
 
     questions = read_hotpotqa(data)
     if holdout:
         questions, _ = split_by_question(questions, holdout, seed)
-    return pairs_from_hotpotqa(questions)
+    pairs = pairs_from_hotpotqa(questions)
+    if index is not None and negatives:
+        pairs += hotpotqa_hard_negatives(questions, index, negatives)
+    return pairs
 
 
 def _qrels_pairs(data: Path, topics: Path, index: Path, negatives: int):
