@@ -11,8 +11,11 @@ for a stage comes from the training side:
 - Sentinel's probe (``ragline train sentinel``);
 - the AttnRank profile for five passages (``ragline calibrate attnrank``).
 
-Pipelines, each answering the same held-out questions with
-SmolLM2-135M-Instruct (greedy, 32 tokens):
+Pipelines, each answering the same held-out questions (every evidence-complete
+one: 41) with the generator ``--model`` (default SmolLM2-135M-Instruct; greedy,
+32 tokens). Sentinel's proxy is ``--proxy`` (default SmolLM2: a small proxy
+serves any generator, and training a probe on a 1.5B model's attention would
+take hours here); AttnRank is calibrated on the generator itself:
 
 - P0 plain RAG: hybrid (BM25 + dense, RRF) top 5 → generate (full prefill)
 - P1 P0 + cross-encoder over the hybrid top 20 (first-stage interpolation)
@@ -26,7 +29,7 @@ prompt and cache), supporting-sentence recall, context tokens, time to first
 token and seconds per question, each with a bootstrap 95% interval; and a
 paired comparison of every pipeline against P0.
 
-    python benchmarks/headline.py [--questions 30] [--prepare-only]
+    python benchmarks/headline.py [--model qwen2.5-coder-1.5b] [--pipelines P0 P2 P4] [--questions N] [--prepare-only]
 
 Artifacts are kept under .cache/ and reused when present (``--retrain`` to
 rebuild them). Prints tables, then one JSON line with every figure.
@@ -43,8 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hotpotqa-distractor.jsonl"
 CACHE = ROOT / ".cache"
 CROSS_ENCODER = CACHE / "hotpotqa-cross-encoder"  # shared with benchmarks/rerank.py
-GENERATOR = "SmolLM2-135M-Instruct"
 SLOTS = 5
+
+
+def slug(model: str) -> str:
+    from ragline.engine.lm.packaged import canonical_model_id
+
+    return canonical_model_id(model).split("/")[-1].lower()
 
 
 def log(message: str) -> None:
@@ -70,18 +78,18 @@ def prepare(args, train, questions) -> dict:
     if args.retrain or not (CROSS_ENCODER / "config.json").exists():
         figures.update(train_cross_encoder(train, str(index), args.cross_encoder_epochs))
 
-    probe = CACHE / "headline-sentinel.json"
+    probe = CACHE / f"headline-sentinel-{slug(args.proxy)}.json"
     if args.retrain or not probe.exists():
         from ragline.compressors.sentinel_training import train_sentinel
 
         log(f"training Sentinel's probe on {args.sentinel_questions} training questions")
         start = time.perf_counter()
         labelled = [q for q in train if q.supporting][: args.sentinel_questions]
-        summary = train_sentinel(labelled, [], GENERATOR, probe, device="cpu", progress=True)
+        summary = train_sentinel(labelled, [], args.proxy, probe, device="cpu", progress=True)
         figures.update(sentinel_train_auc=round(summary["train_auc"], 4),
                        sentinel_seconds=round(time.perf_counter() - start, 1))
 
-    profile = CACHE / f"headline-attnrank-{SLOTS}.json"
+    profile = CACHE / f"headline-attnrank-{slug(args.model)}-{SLOTS}.json"
     if args.retrain or not profile.exists():
         from ragline.engine.lm.causal_lm import load_causal_lm
         from ragline.engine.lm.prompts import PromptBuilder
@@ -89,8 +97,8 @@ def prepare(args, train, questions) -> dict:
 
         log(f"calibrating AttnRank for {SLOTS} slots on {args.calibration_questions} training questions")
         start = time.perf_counter()
-        lm, tokenizer = load_causal_lm(GENERATOR, device="cpu", dtype="float32")
-        calibrated = calibrate(lm, tokenizer, GENERATOR, train[: args.calibration_questions], SLOTS, PromptBuilder(),
+        lm, tokenizer = load_causal_lm(args.model, device="cpu", dtype="float32")
+        calibrated = calibrate(lm, tokenizer, args.model, train[: args.calibration_questions], SLOTS, PromptBuilder(),
                                progress=True, data_name=DATA.name)
         calibrated.save(profile)
         figures.update(attnrank_profile=[round(v, 4) for v in calibrated.profile],
@@ -141,18 +149,19 @@ def pipelines(args, artifacts: dict) -> dict:
     hybrid = [BM25(index, k=20), Dense(index, k=20), Fuse(top_k=20)]
     rerank = CrossEncoderRerank(str(CROSS_ENCODER), top_k=SLOTS, depth=20, max_length=128, first_stage_weight=1.0)
     sentinel = Sentinel(probe=artifacts["probe"], ratio=1 / 3, passages=SLOTS)
-    attnrank = AttnRank(artifacts["profile"], passages=SLOTS, model=GENERATOR)
-    answer = dict(model=GENERATOR, passages=SLOTS, max_new_tokens=args.max_new_tokens,
+    attnrank = AttnRank(artifacts["profile"], passages=SLOTS, model=args.model)
+    answer = dict(model=args.model, passages=SLOTS, max_new_tokens=args.max_new_tokens,
                   options={"device": "cpu", "dtype": "float32"})
     plain = Generate(**answer)
     cached = Generate(**answer, kv_reuse="sink", kv_options={"memory_bytes": 6 << 30})
-    return {
+    every = {
         "P0 plain RAG": hybrid + [plain],
         "P1 + cross-encoder": hybrid + [rerank, plain],
         "P2 + Sentinel 3x": hybrid + [rerank, sentinel, plain],
         "P3 + AttnRank": hybrid + [rerank, sentinel, attnrank, plain],
         "P4 + cached KV (sink)": hybrid + [rerank, sentinel, attnrank, cached],
     }
+    return {name: stages for name, stages in every.items() if name.split()[0] in args.pipelines}
 
 
 def per_question(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -171,7 +180,7 @@ def run_pipelines(args, test, figures: dict) -> None:
     from ragline.eval.qa import evaluate_qa
 
     artifacts = {key: figures[key] for key in ("index", "probe", "profile")}
-    chosen = [q for q in test if q.gold_titles][: args.questions]
+    chosen = [q for q in test if q.evidence_complete][: args.questions]
     figures["questions"] = len(chosen)
     runs: dict[str, dict] = {}
     for name, stages in pipelines(args, artifacts).items():
@@ -219,13 +228,19 @@ def run_pipelines(args, test, figures: dict) -> None:
     p0, warm = figures.get("P0 plain RAG ttft"), figures.get("P4 + cached KV (sink) warm ttft")
     if p0 and warm:
         figures["ttft_speedup_P4_warm_vs_P0"] = round(p0[0] / warm[0], 2)
+    figures["load_average_at_end"] = round(__import__("os").getloadavg()[0], 2)
     print(json.dumps(figures))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--questions", type=int, default=30, help="Held-out questions answered by every pipeline.")
+    parser.add_argument("--questions", type=int, default=None,
+                        help="Held-out questions answered by every pipeline (default: every evidence-complete one).")
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="The generator (AttnRank is calibrated on it).")
+    parser.add_argument("--proxy", default="SmolLM2-135M-Instruct", help="Sentinel's proxy model.")
+    parser.add_argument("--pipelines", nargs="+", default=["P0", "P1", "P2", "P3", "P4"], choices=["P0", "P1", "P2", "P3", "P4"],
+                        help="Which pipelines to run (P0 always: the others are compared with it).")
     parser.add_argument("--sentinel-questions", type=int, default=100)
     parser.add_argument("--cross-encoder-epochs", type=int, default=1)
     parser.add_argument("--calibration-questions", type=int, default=50)
@@ -233,12 +248,16 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true", help="Rebuild the index and retrain every artifact.")
     parser.add_argument("--prepare-only", action="store_true")
     args = parser.parse_args()
+    args.pipelines = sorted(set(args.pipelines) | {"P0"})
+
+    import os
 
     from ragline.engine.data.hotpotqa import read_hotpotqa, split_by_question
 
     questions = read_hotpotqa(args.data)
     train, test = split_by_question(questions, 0.3, 0)
-    figures: dict = {"train_questions": len(train), "test_questions": len(test)}
+    figures: dict = {"model": args.model, "proxy": args.proxy, "load_average_at_start": round(os.getloadavg()[0], 2),
+                     "train_questions": len(train), "test_questions": len(test)}
     figures.update(prepare(args, train, questions))
     if args.prepare_only:
         print(json.dumps(figures))

