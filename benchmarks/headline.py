@@ -84,7 +84,8 @@ def prepare(args, train, questions) -> dict:
 
         log(f"training Sentinel's probe on {args.sentinel_questions} training questions")
         start = time.perf_counter()
-        labelled = [q for q in train if q.supporting][: args.sentinel_questions]
+        # The default recipe learns from evidence-complete questions only: take those.
+        labelled = [q for q in train if q.supporting and q.evidence_complete][: args.sentinel_questions]
         summary = train_sentinel(labelled, [], args.proxy, probe, device="cpu", progress=True)
         figures.update(sentinel_train_auc=round(summary["train_auc"], 4),
                        sentinel_seconds=round(time.perf_counter() - start, 1))
