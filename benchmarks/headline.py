@@ -193,9 +193,13 @@ def run_pipelines(args, test, figures: dict) -> None:
             run_name = f"{name} {label}".strip()
             log(f"{run_name}: {len(chosen)} questions")
             start = time.perf_counter()
-            rows, _ = evaluate_qa(chosen, pipeline, setting="open")
+            rows, summary = evaluate_qa(chosen, pipeline, setting="open")
             runs[run_name] = per_question(rows)
             figures[f"{run_name} wall seconds"] = round(time.perf_counter() - start, 1)
+            # Each run's means as it ends: a run stopped later still leaves these.
+            log(f"{run_name}: " + ", ".join(f"{metric} {summary[metric]:.4g}" for metric in ("f1", "em", "answer_nll", "ttft")
+                                            if summary.get(metric) is not None)
+                + f" ({figures[f'{run_name} wall seconds']} s)")
 
     baseline = runs["P0 plain RAG"]
     print(f"\n{'pipeline':<32}" + "".join(f"{m:>22}" for m in METRICS))
