@@ -6,9 +6,11 @@ from ragline.engine.lm import packaged as models
 
 
 class FakeDistribution:
-    def __init__(self, part: Path):
+    """An installed distribution holding one file, ``part``, listed under ``listed_as``."""
+
+    def __init__(self, part: Path, listed_as: str | None = None):
         self.part = part
-        self.files = [Path(f"pkg/input/model.zip.{part.suffix[1:]}")]
+        self.files = [Path(listed_as or f"pkg/input/model.zip.{part.suffix[1:]}")]
 
     def locate_file(self, _):
         return self.part
@@ -56,22 +58,13 @@ def test_one_table_of_short_names_serves_encoders_and_language_models():
     assert models.canonical_model_id("org/unknown") == "org/unknown"
 
 
-class FakePartDistribution:
-    def __init__(self, part: Path):
-        self.part = part
-        self.files = [Path(f"pkg/data/{part.name}")]
-
-    def locate_file(self, _):
-        return self.part
-
-
 def gguf_parts(tmp_path: Path, monkeypatch, blob: bytes) -> tuple[str, ...]:
     parts = []
     for i, start in enumerate(range(0, len(blob), 10), 1):
         part = tmp_path / f"part{i:02d}.bin"
         part.write_bytes(blob[start : start + 10])
         parts.append(part)
-    fake = {f"dist-part{i}": FakePartDistribution(p) for i, p in enumerate(parts, 1)}
+    fake = {f"dist-part{i}": FakeDistribution(p, f"pkg/data/{p.name}") for i, p in enumerate(parts, 1)}
     monkeypatch.setattr(models.metadata, "distribution", lambda name: fake[name])
     return tuple(fake)
 

@@ -202,15 +202,22 @@ def _intact(folder: Path, model_id: str, quiet: bool = False) -> bool:
     return problem is None
 
 
-def _split_zip_parts(entry: SplitZip) -> list[Path] | None:
+def _part_files(distributions: tuple[str, ...], is_part) -> list[Path] | None:
+    """The files of ``distributions`` that ``is_part`` accepts, distribution
+    by distribution and by name within each: the order the parts join in.
+    None when one of the distributions is not installed."""
     parts: list[Path] = []
-    for name in entry.distributions:
+    for name in distributions:
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             return None
-        parts += [Path(dist.locate_file(f)) for f in dist.files or [] if ".zip." in f.name]
+        parts += sorted(Path(dist.locate_file(f)) for f in dist.files or [] if is_part(f))
     return parts
+
+
+def _split_zip_parts(entry: SplitZip) -> list[Path] | None:
+    return _part_files(entry.distributions, lambda f: ".zip." in f.name)
 
 
 def _unpack_split_zip(entry: SplitZip, tmp: Path) -> None:
@@ -236,16 +243,8 @@ def _convert_joined_gguf(entry: JoinedGGUF, tmp: Path) -> None:
 
 
 def _gguf_parts(entry: PartsGGUF) -> list[Path] | None:
-    """The part files in order, or None when a part package is not installed."""
-    parts: list[Path] = []
-    for name in entry.distributions:
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            return None
-        parts += sorted(Path(dist.locate_file(f)) for f in dist.files or []
-                        if f.parent.name == "data" and f.name.startswith("part") and f.suffix == ".bin")
-    return parts
+    return _part_files(entry.distributions,
+                       lambda f: f.parent.name == "data" and f.name.startswith("part") and f.suffix == ".bin")
 
 
 def _convert_parts_gguf(model_id: str, entry: PartsGGUF, tmp: Path) -> None:
