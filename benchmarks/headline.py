@@ -110,19 +110,15 @@ def prepare(args, train, questions) -> dict:
 def train_cross_encoder(train, index: str, epochs: int) -> dict:
     """As benchmarks/rerank.py trains it (8 BM25 hard negatives from the top 50,
     128 tokens), for ``epochs`` passes (rerank.py's default is 2)."""
-    from ragline.engine.data.hotpotqa import gold_paragraph_qrels
     from ragline.rerankers.cross_encoder_training import (
         TrainingSettings,
+        hotpotqa_hard_negatives,
         pairs_from_hotpotqa,
-        pairs_from_qrels,
         train_cross_encoder,
     )
 
     log("training the cross-encoder on the training side")
-    pairs = pairs_from_hotpotqa(train)
-    qrels = gold_paragraph_qrels(train)
-    topics = [(q.id, q.question) for q in train if q.id in qrels]
-    pairs += pairs_from_qrels(qrels, topics, index, negatives=8, depth=50)
+    pairs = pairs_from_hotpotqa(train) + hotpotqa_hard_negatives(train, index, negatives=8, depth=50)
     start = time.perf_counter()
     summary = train_cross_encoder(pairs, "all-MiniLM-L6-v2", CROSS_ENCODER,
                                   TrainingSettings(epochs=epochs, max_length=128, seed=0), progress=True)

@@ -82,8 +82,8 @@ def main() -> None:
     from ragline.rerankers.cross_encoder import CrossEncoderRerank
     from ragline.rerankers.cross_encoder_training import (
         TrainingSettings,
+        hotpotqa_hard_negatives,
         pairs_from_hotpotqa,
-        pairs_from_qrels,
         train_cross_encoder,
     )
     from ragline.rerankers.icr import ICRRerank
@@ -112,9 +112,7 @@ def main() -> None:
     elif wants_cross_encoder:
         pairs = pairs_from_hotpotqa(train)
         if args.hard_negatives:
-            train_qrels = gold_paragraph_qrels(train)
-            topics = [(q.id, q.question) for q in train if q.id in train_qrels]
-            pairs += pairs_from_qrels(train_qrels, topics, index, negatives=args.hard_negatives, depth=args.depth)
+            pairs += hotpotqa_hard_negatives(train, index, negatives=args.hard_negatives, depth=args.depth)
         settings = TrainingSettings(epochs=args.epochs, max_length=args.max_length, seed=args.seed)
         start = time.perf_counter()
         summary = train_cross_encoder(pairs, args.base, args.model, settings, progress=True)
