@@ -4,18 +4,28 @@ import io.anserini.search.SimpleSearcher;
 import io.anserini.search.query.BagOfWordsQueryGenerator;
 import java.io.IOException;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import org.apache.lucene.index.IndexReader;
+import org.apache.lucene.index.MultiTerms;
+import org.apache.lucene.index.Term;
+import org.apache.lucene.index.Terms;
+import org.apache.lucene.index.TermsEnum;
 import org.apache.lucene.search.BooleanClause;
 import org.apache.lucene.search.BooleanQuery;
+import org.apache.lucene.search.CollectionStatistics;
 import org.apache.lucene.search.FieldDoc;
+import org.apache.lucene.search.IndexSearcher;
 import org.apache.lucene.search.Query;
 import org.apache.lucene.search.ScoreDoc;
 import org.apache.lucene.search.Sort;
 import org.apache.lucene.search.SortField;
 import org.apache.lucene.search.TermInSetQuery;
+import org.apache.lucene.search.TermStatistics;
 import org.apache.lucene.util.BytesRef;
 
 /**
@@ -32,6 +42,13 @@ import org.apache.lucene.util.BytesRef;
  * hit's stored document: the ids come from the sort's own values, and that document loading is
  * most of Anserini's search time at depth 1000. tests/test_bm25_bulk.py holds the two equal.
  *
+ * <p>One shard of a sharded index scores with the whole collection's statistics instead of its
+ * own ({@link #useGlobalStatistics}, from every shard's {@link #statistics}), the way Elasticsearch's
+ * DFS search does: Lucene asks its {@code IndexSearcher} for every term's and the field's
+ * statistics, and a searcher that answers with the sums over all shards makes each shard's BM25
+ * scores those of one index over the whole collection. Such shards hand back raw scores ({@code
+ * anseriniTies} false), and the merge applies Anserini's tie adjustment to the merged list.
+ *
  * <p>Anserini's classes are Java 21 bytecode; this file is built with {@code --release 17}
  * against stubs of the few Anserini signatures it uses (see build.py) and links to the real
  * classes when the JVM loads it.
@@ -44,6 +61,9 @@ public final class BulkSearcher extends SimpleSearcher {
   private static final Sort SCORE_THEN_ID =
       new Sort(SortField.FIELD_SCORE, new SortField(ID_FIELD, SortField.Type.STRING_VAL));
 
+  /** The searcher that scores: Anserini's, or one answering with the whole collection's statistics. */
+  private volatile IndexSearcher scoring;
+
   public BulkSearcher(String indexDir, float k1, float b) throws Exception {
     super(indexDir);
     try {
@@ -52,6 +72,7 @@ public final class BulkSearcher extends SimpleSearcher {
         throw new IllegalStateException("an index written by Lucene 8 is not supported: " + indexDir);
       }
       set_bm25(k1, b); // also makes the IndexSearcher, now rather than racily on the first searches
+      scoring = searcher;
       // Every Anserini member this class uses, touched once: an Anserini whose signatures differ
       // from the stubs fails here, where Python can still fall back, not in the middle of a batch.
       search(new String[] {""}, null, 1, 1);
@@ -67,13 +88,19 @@ public final class BulkSearcher extends SimpleSearcher {
    * FILTER clause inside Lucene, which scores nothing and so leaves every hit's score as it was.
    */
   public Batch search(String[] queries, Query filter, int k, int threads) throws Exception {
+    return search(queries, filter, k, threads, true);
+  }
+
+  /** As above; {@code anseriniTies} false leaves the scores raw, for a merge that adjusts them. */
+  public Batch search(String[] queries, Query filter, int k, int threads, boolean anseriniTies)
+      throws Exception {
     ScoreDoc[][] hits = new ScoreDoc[queries.length][];
     int workers = Math.max(1, Math.min(threads, queries.length));
     if (workers == 1) {
       for (int q = 0; q < queries.length; q++) {
         hits[q] = topHits(queries[q], filter, k);
       }
-      return Batch.of(hits);
+      return Batch.of(hits, anseriniTies);
     }
     ExecutorService pool = Executors.newFixedThreadPool(workers);
     try {
@@ -88,7 +115,7 @@ public final class BulkSearcher extends SimpleSearcher {
     } finally {
       pool.shutdownNow();
     }
-    return Batch.of(hits);
+    return Batch.of(hits, anseriniTies);
   }
 
   private ScoreDoc[] topHits(String text, Query filter, int k) throws IOException {
@@ -99,7 +126,108 @@ public final class BulkSearcher extends SimpleSearcher {
           .add(filter, BooleanClause.Occur.FILTER)
           .build();
     }
-    return searcher.search(query, k, SCORE_THEN_ID, true).scoreDocs;
+    return scoring.search(query, k, SCORE_THEN_ID, true).scoreDocs;
+  }
+
+  /**
+   * This index's statistics of the analyzed text field: every term with its document frequency and
+   * total frequency (terms concatenated as in {@link Batch}), and the field's document count,
+   * total term count, summed document frequencies and maxDoc.
+   */
+  public Statistics statistics() throws IOException {
+    IndexReader reader = searcher.getIndexReader();
+    StringBuilder text = new StringBuilder();
+    List<Integer> lengths = new ArrayList<>();
+    List<Long> docFreqs = new ArrayList<>();
+    List<Long> totalFreqs = new ArrayList<>();
+    Terms terms = MultiTerms.getTerms(reader, CONTENTS_FIELD);
+    if (terms != null) {
+      TermsEnum each = terms.iterator();
+      for (BytesRef term = each.next(); term != null; term = each.next()) {
+        String word = term.utf8ToString();
+        text.append(word);
+        lengths.add(word.codePointCount(0, word.length()));
+        docFreqs.add((long) each.docFreq());
+        totalFreqs.add(each.totalTermFreq());
+      }
+    }
+    CollectionStatistics field = searcher.collectionStatistics(CONTENTS_FIELD);
+    long[] collection =
+        field == null
+            ? new long[] {reader.maxDoc(), 0, 0, 0}
+            : new long[] {field.maxDoc(), field.docCount(), field.sumTotalTermFreq(), field.sumDocFreq()};
+    return new Statistics(
+        text.toString(),
+        lengths.stream().mapToInt(Integer::intValue).toArray(),
+        docFreqs.stream().mapToLong(Long::longValue).toArray(),
+        totalFreqs.stream().mapToLong(Long::longValue).toArray(),
+        collection);
+  }
+
+  /**
+   * Score with these statistics of the whole collection (every shard's {@link #statistics},
+   * summed) from now on. {@code collection}: maxDoc, docCount, sumTotalTermFreq, sumDocFreq.
+   */
+  public void useGlobalStatistics(
+      String terms, int[] termLengths, long[] docFreqs, long[] totalFreqs, long[] collection) {
+    Map<String, long[]> byTerm = new HashMap<>(termLengths.length * 2);
+    int at = 0;
+    for (int i = 0; i < termLengths.length; i++) {
+      int end = terms.offsetByCodePoints(at, termLengths[i]);
+      byTerm.put(terms.substring(at, end), new long[] {docFreqs[i], totalFreqs[i]});
+      at = end;
+    }
+    IndexSearcher global = new GlobalStatisticsSearcher(searcher.getIndexReader(), byTerm, collection);
+    global.setSimilarity(searcher.getSimilarity());
+    scoring = global;
+  }
+
+  /** An {@code IndexSearcher} whose term and field statistics are the whole collection's. */
+  private static final class GlobalStatisticsSearcher extends IndexSearcher {
+    private final Map<String, long[]> byTerm;
+    private final long[] collection;
+
+    GlobalStatisticsSearcher(IndexReader reader, Map<String, long[]> byTerm, long[] collection) {
+      super(reader);
+      this.byTerm = byTerm;
+      this.collection = collection;
+    }
+
+    @Override
+    public TermStatistics termStatistics(Term term, int docFreq, long totalTermFreq)
+        throws IOException {
+      long[] global = CONTENTS_FIELD.equals(term.field()) ? byTerm.get(term.text()) : null;
+      if (global == null) { // another field, or statistics older than this shard: its own
+        return super.termStatistics(term, docFreq, totalTermFreq);
+      }
+      return new TermStatistics(term.bytes(), global[0], global[1]);
+    }
+
+    @Override
+    public CollectionStatistics collectionStatistics(String field) throws IOException {
+      if (!CONTENTS_FIELD.equals(field) || collection[1] == 0) {
+        return super.collectionStatistics(field);
+      }
+      return new CollectionStatistics(field, collection[0], collection[1], collection[2], collection[3]);
+    }
+  }
+
+  /** {@link #statistics}'s result: flat arrays, as {@link Batch}'s, so pyjnius converts a few. */
+  public static final class Statistics {
+    public final String terms;
+    public final int[] termLengths;
+    public final long[] docFreqs;
+    public final long[] totalFreqs;
+    /** maxDoc, docCount, sumTotalTermFreq, sumDocFreq. */
+    public final long[] collection;
+
+    Statistics(String terms, int[] termLengths, long[] docFreqs, long[] totalFreqs, long[] collection) {
+      this.terms = terms;
+      this.termLengths = termLengths;
+      this.docFreqs = docFreqs;
+      this.totalFreqs = totalFreqs;
+      this.collection = collection;
+    }
   }
 
   /** Matches the documents whose collection id is one of {@code ids}; made once, used by many batches. */
@@ -130,7 +258,7 @@ public final class BulkSearcher extends SimpleSearcher {
       this.scores = scores;
     }
 
-    static Batch of(ScoreDoc[][] hits) {
+    static Batch of(ScoreDoc[][] hits, boolean anseriniTies) {
       int total = 0;
       int[] counts = new int[hits.length];
       for (int q = 0; q < hits.length; q++) {
@@ -148,7 +276,9 @@ public final class BulkSearcher extends SimpleSearcher {
           docidLengths[n] = id.codePointCount(0, id.length());
           scores[n] = queryHits[rank].score;
         }
-        adjustTies(scores, n - queryHits.length, n);
+        if (anseriniTies) {
+          adjustTies(scores, n - queryHits.length, n);
+        }
       }
       return new Batch(counts, docids.toString(), docidLengths, scores);
     }
