@@ -42,6 +42,10 @@ Filters = Annotated[Optional[list[str]], typer.Option(
     "--filter", help="Metadata filter, e.g. 'year>=2020', 'lang in (en, de) and not draft=true'; repeatable (all must hold).")]
 RayAddress = Annotated[Optional[str], typer.Option(
     "--ray", metavar="auto|local|HOST:PORT", help="Spread the work over a Ray actor pool (needs ray): auto (RAY_ADDRESS, else the cluster started on this machine, else a new local one), local, or a cluster head's HOST:PORT.")]
+ShardsRay = Annotated[Optional[str], typer.Option(
+    "--ray", metavar="auto|local|HOST:PORT", help="A sharded index: search its shards on Ray, one actor per shard, one per node where there are several (needs ray).")]
+MissingShards = Annotated[Optional[str], typer.Option(
+    "--missing-shards", metavar="flag|fail", help="A sharded index: a shard that does not answer makes the results partial, flagged as such (flag, the default), or the command an error (fail).")]
 RayWorkers = Annotated[Optional[int], typer.Option(
     "--workers", min=1, help="With --ray: actors in the pool (default: one per GPU, else one per CPU slot).")]
 
@@ -105,6 +109,7 @@ def index(
     delete: Annotated[Optional[Path], typer.Option("--delete", help="With --update: also remove the document ids in this file (one a line).")] = None,
     delete_missing: Annotated[bool, typer.Option("--delete-missing", help="With --update: CORPUS is the whole collection; remove documents it lacks.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a build of --out that was killed part-way (same corpus and settings) from its last committed batch; with none to continue, build from the start.")] = False,
+    shards: Annotated[Optional[int], typer.Option("--shards", min=1, help="Build a sharded index: this many complete indexes, each over the documents whose id hashes to it, searched together as one (equal results).")] = None,
     ray: RayAddress = None,
     workers: RayWorkers = None,
 ) -> None:
@@ -118,6 +123,9 @@ def index(
         raise typer.BadParameter("an update runs in one process (it encodes only new and changed passages)", param_hint="'--ray'")
     if update and resume:
         raise typer.BadParameter("an update is all or nothing; there is no build to resume", param_hint="'--resume'")
+    if update and shards is not None:
+        raise typer.BadParameter("an update keeps the index's shards (documents go to the shard that holds their id)",
+                                 param_hint="'--shards'")
     if update:
         _update_index(corpus, out_dir, fmt, delete, delete_missing, _encoding_errors(encoding_errors),
                       settings_given=bm25 or dense is not None or bool(component) or window is not None or overlap
@@ -137,11 +145,17 @@ def index(
     if dense is not None:
         components["dense"] = {"encoder": DEFAULT_ENCODER if dense == "default" else dense, "factory": faiss,
                                "backend": encoder_backend or "torch"}
-    meta = build_index(corpus, out_dir, components, fmt=fmt, window=window, overlap=overlap, progress=sys.stderr.isatty(),
-                       encoding_errors=_encoding_errors(encoding_errors), resume=resume, ray=ray, workers=workers)
+    options = dict(window=window, overlap=overlap, progress=sys.stderr.isatty(),
+                   encoding_errors=_encoding_errors(encoding_errors), resume=resume, ray=ray, workers=workers)
+    if shards is not None:
+        from ragline.engine.index.sharded_build import build_sharded_index
+
+        meta = build_sharded_index(corpus, out_dir, components, shards, fmt=fmt, **options)
+    else:
+        meta = build_index(corpus, out_dir, components, fmt=fmt, **options)
     out.print(
         f"[green]indexed[/] {meta['documents']:,} documents ({meta['passages']:,} passages) "
-        f"into {out_dir} with {', '.join(meta['components'])}"
+        f"into {out_dir}{f' as {shards} shards' if shards else ''} with {', '.join(meta['components'])}"
     )
 
 
@@ -172,14 +186,18 @@ def query(
     retriever: Annotated[str, typer.Option(help="auto, hybrid (every component of the index, fused), or one component: bm25, dense, or any registered.")] = "auto",
     filters: Filters = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ray: ShardsRay = None,
+    missing_shards: MissingShards = None,
 ) -> None:
     """Retrieve passages for one query."""
     from ragline.engine.retrieval_pipeline import retrieval_pipeline
 
     if not text.strip():
         raise RaglineError("the query is empty")
-    pipeline = retrieval_pipeline(str(index_dir), retriever, k=k, filter=filters)
+    pipeline = retrieval_pipeline(str(index_dir), retriever, k=k, filter=filters, ray=ray,
+                                  missing_shards=_missing_shards(missing_shards))
     result = pipeline.run([text])[0]
+    _say_if_partial([result])
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
         return
@@ -197,6 +215,21 @@ def query(
     out.print(_timing_line(result))
 
 
+def _missing_shards(value: Optional[str]) -> Optional[str]:
+    if value not in (None, "flag", "fail"):
+        raise typer.BadParameter(f"{value!r} is not 'flag' or 'fail'", param_hint="'--missing-shards'")
+    return value
+
+
+def _say_if_partial(results) -> None:
+    """A warning on stderr for results that shards did not contribute to (JSON output also says ``partial``)."""
+    missing = sorted({n for result in results for n in result.missing_shards()})
+    if missing:
+        partial = sum(bool(result.missing_shards()) for result in results)
+        err.print(f"[yellow]partial:[/] shard{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} did not "
+                  f"answer; {partial} of {len(results)} queries have only the other shards' hits")
+
+
 @app.command()
 def search(
     index_dir: Annotated[Path, typer.Argument(help="Index folder.")],
@@ -207,6 +240,8 @@ def search(
     tag: Annotated[str, typer.Option(help="Run tag (last column).")] = "ragline",
     filters: Filters = None,
     encoding_errors: EncodingErrors = "strict",
+    ray: ShardsRay = None,
+    missing_shards: MissingShards = None,
 ) -> None:
     """Run every topic through a retriever and write a TREC run file."""
     from ragline.engine.data.runfile import write_run
@@ -215,8 +250,10 @@ def search(
     from ragline.engine.types import Query
 
     pairs = read_topics(topics, _encoding_errors(encoding_errors))
-    pipeline = retrieval_pipeline(str(index_dir), retriever, k=k, top_k=0, filter=filters)
+    pipeline = retrieval_pipeline(str(index_dir), retriever, k=k, top_k=0, filter=filters, ray=ray,
+                                  missing_shards=_missing_shards(missing_shards))
     results = pipeline.run([Query(id=qid, text=text) for qid, text in pairs])
+    _say_if_partial(results)
     write_run(output, {q.id: fold_to_documents(q.ranking) for q in results}, tag=tag)
     out.print(f"[green]wrote[/] {output}: {len(results)} queries, up to {k} results each")
 
@@ -331,6 +368,7 @@ def serve(
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Require 'Authorization: Bearer <the value of this environment variable>'.")] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")] = False,
     docs: Annotated[bool, typer.Option("--docs", help="Serve /docs and /openapi.json (behind the token when there is one).")] = False,
+    ray: ShardsRay = None,
     allowed_hosts: Annotated[Optional[list[str]], typer.Option("--allowed-hosts", help="A Host the server answers to besides localhost, 127.0.0.1, ::1 and --host (repeatable; a name or an address; '*' for any). Bound to every interface (--host 0.0.0.0 or ::) without it, the server answers any Host.")] = None,
 ) -> None:
     """Serve pipelines over HTTP: /v1/search, /v1/ask, OpenAI-compatible /v1/chat/completions."""
@@ -344,7 +382,7 @@ def serve(
                              shutdown_timeout_s=shutdown_timeout, api_key=api_key_from(api_key_env), docs=docs,
                              allowed_hosts=(*ServeSettings.allowed_hosts, host, *(allowed_hosts or (
                                  ["*"] if host in ("0.0.0.0", "::") else []))))
-    pipelines = load_pipelines(pipeline_files, str(index_dir) if index_dir else None)
+    pipelines = load_pipelines(pipeline_files, str(index_dir) if index_dir else None, ray=ray)
     run_server(pipelines, settings, host=host, port=port, access_log=access_log)
 
 

@@ -25,14 +25,23 @@ def retriever_names() -> list[str]:
 
 
 def retrieval_pipeline(index_path: str, retriever: str = "auto", k: int = 10, top_k: int | None = None,
-                       depth: int | None = None, filter: str | list[str] | None = None) -> Pipeline:
+                       depth: int | None = None, filter: str | list[str] | None = None,
+                       ray: str | None = None, missing_shards: str | None = None) -> Pipeline:
     """``k`` results per query; ``depth`` is how many each retriever fetches
     before fusion (default: max(k, 100)); ``filter``: a metadata filter every
-    retriever applies (engine/index/filters.py)."""
+    retriever applies (engine/index/filters.py). For a sharded index, ``ray``
+    searches its shards on Ray (one actor each) and ``missing_shards`` (flag,
+    fail) says what a shard that does not answer makes of a search."""
     known = retriever_names()
     if retriever not in known:
         raise InputError(f"unknown retriever {retriever!r}; use one of {', '.join(known)}")
     index = IndexDir.open(index_path)
+    sharding = {}
+    if ray is not None or missing_shards is not None:
+        if "shards" not in index.meta:
+            raise InputError(f"index {index.path} is not sharded: searching shards on Ray, or what a missing shard "
+                             "means, applies only to a sharded index (ragline index --shards N)")
+        sharding = {key: value for key, value in (("ray", ray), ("missing_shards", missing_shards)) if value is not None}
     built = [name for name in known[2:] if name in index.components]
     if not built:
         raise IndexNotFound(f"index {index.path} has no retrieval component")
@@ -40,12 +49,12 @@ def retrieval_pipeline(index_path: str, retriever: str = "auto", k: int = 10, to
         retriever = "hybrid" if len(built) > 1 else built[0]
     if retriever != "hybrid":
         index.component(retriever)  # a clear error if it was not built
-        stages = [index_component(retriever).retriever(index=index_path, k=k, filter=filter)]
+        stages = [index_component(retriever).retriever(index=index_path, k=k, filter=filter, **sharding)]
     elif len(built) < 2:
         raise InputError(f"hybrid retrieval fuses several components; index {index.path} has only {built[0]}")
     else:
         depth = depth or max(k, 100)
-        stages = [index_component(name).retriever(index=index_path, k=depth, filter=filter) for name in built]
+        stages = [index_component(name).retriever(index=index_path, k=depth, filter=filter, **sharding) for name in built]
         stages.append(lookup(STAGES, "fuse")(method="rrf", top_k=k))
     return Pipeline(stages, top_k=k if top_k is None else top_k)
 

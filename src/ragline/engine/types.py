@@ -123,9 +123,17 @@ class Query:
         notes, self._notes = self._notes, {}
         return notes
 
+    def missing_shards(self) -> list[int]:
+        """The shards of a sharded index that did not answer for this query
+        (its results are then partial), as the retrievers noted in the trace."""
+        return sorted({n for entry in self.trace for n in entry.extra.get("missing_shards", ())})
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view of the query's results."""
+        """A JSON-ready view of the query's results; ``partial`` and
+        ``missing_shards`` only when shards of a sharded index did not answer."""
+        missing = self.missing_shards()
         return {
+            **({"partial": True, "missing_shards": missing} if missing else {}),
             "id": self.id,
             "text": self.text,
             "ranking": [

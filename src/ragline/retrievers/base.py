@@ -5,6 +5,13 @@ Metadata filters (engine/index/filters.py) come from the stage (``filter:``,
 every query) and from the query itself (``Query.filter``); both must hold.
 The document store resolves a filter to the passages that pass, once per
 distinct filter, and ``search`` is handed that ``Selection`` to search within.
+
+A sharded index (engine/index/sharding.py) is searched by one copy of the
+retriever per shard, and their lists merged (retrievers/shards.py); a
+retriever opens its shards with ``open_shards`` when it warms up, and says
+how its shards' lists merge (``merge_shard_lists``) and, where its scores
+depend on the collection, which statistics they share (``shard_statistics``,
+``merged_statistics``, ``use_statistics``).
 """
 
 from __future__ import annotations
@@ -12,12 +19,18 @@ from __future__ import annotations
 import abc
 import contextlib
 import gc
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+from ragline.engine.errors import RaglineError
 from ragline.engine.index.docstore import Selection
 from ragline.engine.index.filters import Both, Node, compile_filter, parse_filters
+from ragline.engine.index.sharding import is_sharded
 from ragline.engine.stage import Stage
 from ragline.engine.types import Hit, Query
+
+log = logging.getLogger(__name__)
 
 # Distinct filters whose selections a retriever keeps (a service's requests repeat a few).
 _SELECTIONS_KEPT = 64
@@ -32,6 +45,8 @@ class Retriever(Stage):
     # Selections by query filter, for the store they were computed on.
     _selections: dict[str | None, Selection] | None = None
     _selections_of = None
+    #: The shards searched, when the index is sharded (``open_shards``).
+    _shards = None
 
     def set_filter(self, filter: str | list[str] | None) -> None:
         """Parse the stage's filter now, so a malformed one fails at construction."""
@@ -44,6 +59,10 @@ class Retriever(Stage):
         in ``allowed`` when it is given."""
 
     def run(self, batch: list[Query]) -> list[Query]:
+        self.warm_up()
+        if self._shards is not None:
+            with _cyclic_gc_paused():
+                return self._run_on_shards(batch)
         # A batch of 1000-deep result lists is ~10^5 new objects (the search
         # library's result wrappers, then our hits): enough to set off full
         # cyclic-GC passes over every object of the process (torch and all),
@@ -57,6 +76,77 @@ class Retriever(Stage):
                     query.hits[self.name] = hits
                     query.ranking = hits
         return batch
+
+    def _run_on_shards(self, batch: list[Query]) -> list[Query]:
+        groups: dict[str | None, list[Query]] = {}
+        for query in batch:
+            groups.setdefault(query.filter, []).append(query)
+        for query_filter, queries in groups.items():
+            self.check_filter(query_filter)
+            results, missing = self._shards.search([q.text for q in queries], self.k, query_filter)
+            stores = self._shards.stores
+            for query, found in zip(queries, results):
+                hits = [Hit(pid, score, rank, self.name, stores[shard]) for rank, (pid, score, shard) in enumerate(found, 1)]
+                query.hits[self.name] = hits
+                query.ranking = hits
+                if missing:
+                    query.note(partial=True, missing_shards=missing)
+        return batch
+
+    # -- sharded indexes -------------------------------------------------
+
+    def open_shards(self) -> bool:
+        """In ``warm_up``, first: when the index is sharded, open its shards
+        (on Ray where the retriever's ``ray`` setting says) and return True —
+        the retriever then searches them and opens nothing else."""
+        if not is_sharded(self.index):
+            if getattr(self, "ray", None) is not None:
+                log.warning("%s: index %s is not sharded; 'ray' applies only to a sharded index and is ignored",
+                            self.name, self.index)
+            return False
+        from ragline.retrievers.shards import ShardSet  # (imports no Ray)
+
+        self._shards = ShardSet(self, ray=getattr(self, "ray", None),
+                                missing_shards=getattr(self, "missing_shards", "flag"))
+        return True
+
+    def search_shards(self, texts: list[str], k: int | None, allowed) -> list[list[tuple[str, float]]]:
+        """``search`` on a sharded index: the merged lists (a partial result is logged)."""
+        if allowed is not None:
+            raise RaglineError("a sharded index is searched within a metadata filter (the stage's or a query's), "
+                               "not within a selection of passages")
+        results, missing = self._shards.search(texts, k or self.k)
+        if missing:
+            log.warning("shards %s did not answer: the results are partial", missing)
+        return [[(pid, score) for pid, score, _ in found] for found in results]
+
+    def shard_settings(self, path: str) -> dict[str, Any]:
+        """The settings of this retriever's copy that searches the shard at ``path``."""
+        settings = {**self.to_config(with_defaults=True), "index": path}
+        if "ray" in settings:
+            settings["ray"] = None
+        return settings
+
+    def shard_statistics(self) -> Any:
+        """What this (shard's) retriever's scores depend on besides the query and
+        the passage, to be summed over the shards; None when nothing."""
+        return None
+
+    @classmethod
+    def merged_statistics(cls, parts: Sequence[Any]) -> Any:
+        """The whole collection's statistics from every shard's ``shard_statistics``."""
+        return None
+
+    def use_statistics(self, statistics: Any) -> None:
+        """Score with the whole collection's ``statistics`` from now on."""
+        raise NotImplementedError(f"{type(self).__name__} scores without collection statistics")
+
+    @classmethod
+    def merge_shard_lists(cls, lists: Sequence[Sequence[tuple[str, float, int]]], k: int) -> list[tuple[str, float, int]]:
+        """The top ``k`` of the shards' ``(id, score, shard)`` lists, each best
+        first; equal scores keep the order of the shards."""
+        merged = sorted((hit for found in lists for hit in found), key=lambda hit: -hit[1])
+        return merged[:k]
 
     def _by_filter(self, batch: list[Query]) -> Iterator[tuple[list[Query], Selection | None]]:
         """The batch in groups of queries with the same filter, each with the
@@ -91,6 +181,8 @@ class Retriever(Stage):
     def metadata_fields(self) -> dict[str, set[str]]:
         """The metadata fields of the index searched, with the kinds of value each holds."""
         self.warm_up()
+        if self._shards is not None:
+            return self._shards.metadata_fields()
         return self._store.metadata_fields
 
     def _combined_filter(self, query_filter: str | None) -> Node | None:

@@ -10,19 +10,21 @@ exactly those of a rebuild, and Lucene indexing is the cheap part of a build.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from ragline.engine.errors import RaglineError
 from ragline.engine.index.component import IndexBuilder, IndexComponent
 from ragline.engine.index.docstore import Selection
 from ragline.engine.index.layout import IndexDir, read_consistently
 from ragline.engine.settings import NonNegativeFloat, PositiveInt, UnitInterval
 from ragline.engine.types import Passage
 from ragline.retrievers.base import Retriever
-from ragline.retrievers.java.bulk_searcher import BulkSearcher
+from ragline.retrievers.java.bulk_searcher import BulkSearcher, LuceneStatistics, anserini_ties
 from ragline.retrievers.lucene_runtime import ensure_lucene, lucene_indexer, lucene_searcher
 
 DEFAULT_K1 = 0.9
@@ -81,12 +83,19 @@ class BM25IndexBuilder(IndexBuilder):
 
 class BM25(Retriever):
     """Retrieve the top ``k`` passages of every query in the batch with BM25.
-    ``filter``: a metadata filter (``"year>=2020 and lang=en"``, or a list that must all hold)."""
+    ``filter``: a metadata filter (``"year>=2020 and lang=en"``, or a list that must all hold).
+
+    On a sharded index every shard scores with the whole collection's
+    statistics, so scores and ranking equal one index's; ``ray`` (auto, local
+    or HOST:PORT) searches the shards on Ray, one actor each; ``missing_shards``
+    says what a shard that does not answer makes of a search: ``flag`` (the
+    other shards' hits, marked partial) or ``fail``."""
 
     name = "bm25"
 
     def __init__(self, index: str, k: PositiveInt = 100, k1: NonNegativeFloat = DEFAULT_K1, b: UnitInterval = DEFAULT_B,
-                 threads: PositiveInt | None = None, filter: str | list[str] | None = None):
+                 threads: PositiveInt | None = None, filter: str | list[str] | None = None, ray: str | None = None,
+                 missing_shards: Literal["flag", "fail"] = "flag"):
         self.index = str(index)
         self.k = k
         self.k1 = k1
@@ -94,9 +103,15 @@ class BM25(Retriever):
         self.threads = threads
         self.filter = filter
         self.set_filter(filter)
+        self.ray = ray
+        self.missing_shards = missing_shards
         self._searcher = None
+        # Scoring with the collection statistics of a sharded index: raw scores, for the merge.
+        self._raw_scores = False
 
     def warm_up(self) -> None:
+        if self.open_shards():
+            return
         self._store, self._searcher = read_consistently(self.index, self._open)
 
     def _open(self, index: IndexDir):
@@ -121,14 +136,43 @@ class BM25(Retriever):
         the passages hits must be among (a ``Selection`` or passage ids), a
         filter inside Lucene that leaves the scores as they are."""
         self.warm_up()
+        if self._shards is not None:
+            return self.search_shards(texts, k, allowed)
         depth = k or self.k
         threads = self.threads or _default_threads()
         allowed_ids = getattr(allowed, "ids", allowed)
         if allowed_ids is not None and not allowed_ids:
             return [[] for _ in texts]
         if isinstance(self._searcher, BulkSearcher):
-            return self._searcher.search(texts, depth, threads, allowed_ids)
+            return self._searcher.search(texts, depth, threads, allowed_ids, anserini_ties=not self._raw_scores)
         return _pyserini_search(self._searcher, texts, depth, threads, allowed_ids)
+
+    def shard_statistics(self) -> LuceneStatistics:
+        self.warm_up()
+        return self._bulk_searcher().statistics()
+
+    @classmethod
+    def merged_statistics(cls, parts: Sequence[LuceneStatistics]) -> LuceneStatistics:
+        return LuceneStatistics.summed(parts)
+
+    def use_statistics(self, statistics: LuceneStatistics) -> None:
+        self.warm_up()
+        self._bulk_searcher().use_global_statistics(statistics)
+        self._raw_scores = True
+
+    @classmethod
+    def merge_shard_lists(cls, lists, k):
+        """Sorted by raw score, then by id (Anserini's order for ties), then
+        Anserini's tie adjustment over the merged list — what one index gives."""
+        merged = sorted(itertools.chain.from_iterable(lists), key=lambda hit: (-hit[1], hit[0]))[:k]
+        scores = anserini_ties([score for _, score, _ in merged])
+        return [(pid, score, shard) for (pid, _, shard), score in zip(merged, scores)]
+
+    def _bulk_searcher(self) -> BulkSearcher:
+        if not isinstance(self._searcher, BulkSearcher):
+            raise RaglineError(f"a shard of a sharded index needs ragline's bulk BM25 searcher, which could not be "
+                               f"loaded for {self.index} (see the warning above)")
+        return self._searcher
 
 
 def _pyserini_search(searcher, texts: list[str], k: int, threads: int,

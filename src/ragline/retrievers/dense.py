@@ -185,6 +185,10 @@ class Dense(Retriever):
     index was built with; naming others is an error. ``nprobe`` (IVF) and ``ef_search`` (HNSW) trade speed for recall;
     ``gpu`` is ``auto``, ``yes`` or ``no``. ``filter``: a metadata filter
     (``"year>=2020 and lang=en"``, or a list that must all hold).
+
+    On a sharded index every shard returns its top ``k`` and the lists are
+    merged by score (exact for flat indexes; per shard for IVF and HNSW, as
+    FAISS's own sharding); ``ray`` and ``missing_shards`` as for BM25.
     """
 
     name = "dense"
@@ -192,7 +196,8 @@ class Dense(Retriever):
     def __init__(self, index: str, k: PositiveInt = 100, encoder: str | None = None, batch_size: PositiveInt = 64,
                  device: str | None = None, nprobe: PositiveInt = 16, ef_search: PositiveInt = 128,
                  gpu: Literal["auto", "yes", "no"] = "auto",
-                 filter: str | list[str] | None = None, backend: str | None = None):
+                 filter: str | list[str] | None = None, backend: str | None = None, ray: str | None = None,
+                 missing_shards: Literal["flag", "fail"] = "flag"):
         self.index = str(index)
         self.k = k
         self.encoder = encoder
@@ -204,11 +209,15 @@ class Dense(Retriever):
         self.filter = filter
         self.set_filter(filter)
         self.backend = backend if backend is None else check_backend(backend)
+        self.ray = ray
+        self.missing_shards = missing_shards
         self._faiss_index = None
         self._ids: list[str] = []
         self._model = None
 
     def warm_up(self) -> None:
+        if self.open_shards():
+            return
         meta, faiss_index, self._store, self._ids = read_consistently(self.index, self._open)
         set_search_params(faiss_index, self.nprobe, self.ef_search)
         self._cpu_index = faiss_index  # filtered searches run here: FAISS's GPU indexes take no id selector
@@ -244,11 +253,15 @@ class Dense(Retriever):
 
     def encode(self, texts: list[str]) -> np.ndarray:
         self.warm_up()
+        if self._shards is not None:
+            raise RaglineError("a sharded index's shards encode their own queries; search it with texts")
         return encode_texts(self._model, texts, self.batch_size)
 
     def search_vectors(self, vectors: np.ndarray, k: int | None = None,
                        allowed: Selection | None = None) -> list[list[tuple[str, float]]]:
         self.warm_up()
+        if self._shards is not None:
+            raise RaglineError("a sharded index's shards encode their own queries; search it with texts")
         if allowed is None:
             scores, rows = self._faiss_index.search(vectors, k or self.k)
         elif not allowed.rows:
@@ -256,15 +269,29 @@ class Dense(Retriever):
         else:
             scores, rows = search_within(self._cpu_index, vectors, k or self.k, allowed.rows, self.nprobe, self.ef_search)
         ids = self._ids
-        # FAISS pads with row -1 when fewer than k vectors qualify.
+        # FAISS pads with row -1 when fewer than k vectors qualify. Equal
+        # scores are ordered by id (FAISS leaves their order to its heap), so
+        # that one index and its shards rank ties alike.
         return [
-            [(ids[row], score) for row, score in zip(row_list, score_list) if row >= 0]
+            sorted(((ids[row], score) for row, score in zip(row_list, score_list) if row >= 0), key=_best_then_id)
             for row_list, score_list in zip(rows.tolist(), scores.tolist())
         ]
 
+    @classmethod
+    def merge_shard_lists(cls, lists, k):
+        """By score, equal scores by id: what one index gives."""
+        return sorted((hit for found in lists for hit in found), key=_best_then_id)[:k]
+
     def search(self, texts: list[str], k: int | None = None,
                allowed: Selection | None = None) -> list[list[tuple[str, float]]]:
+        self.warm_up()
+        if self._shards is not None:
+            return self.search_shards(texts, k, allowed)
         return self.search_vectors(self.encode(texts), k, allowed)
+
+
+def _best_then_id(hit: tuple) -> tuple[float, str]:
+    return -hit[1], hit[0]
 
 
 DENSE_INDEX = IndexComponent(DenseIndexBuilder, Dense)

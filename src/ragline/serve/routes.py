@@ -14,7 +14,7 @@ from ragline.serve.errors import ApiError, pipeline_errors, request_id
 from ragline.serve.metrics import CONTENT_TYPE
 from ragline.serve.schemas import AskRequest, SearchRequest, read_request
 from ragline.serve.sse import answer_events, event_stream
-from ragline.serve.views import answer_view, finish_reason, search_view
+from ragline.serve.views import answer_view, finish_reason, refuse_partial, search_view
 
 router = APIRouter()
 api = APIRouter(dependencies=[Depends(require_token), Depends(require_ready)])
@@ -45,6 +45,8 @@ async def search(request: Request) -> JSONResponse:
     checked_filter(served, body.filter)
     with pipeline_errors(request, "search"):
         queries = await served.search(texts, body.k, state.settings.request_timeout_s, body.filter)
+    if not body.allow_partial:
+        refuse_partial(queries)
     return JSONResponse({"pipeline": served.name, "results": [search_view(q) for q in queries]})
 
 
@@ -62,6 +64,8 @@ async def ask(request: Request) -> Response:
     if not body.stream:
         with pipeline_errors(request, "answering"):
             query = await served.answer(body.question, sampling, timeout, body.filter)
+        if not body.allow_partial:
+            refuse_partial([query])
         return JSONResponse({"pipeline": served.name, **answer_view(query),
                              "finish_reason": finish_reason(query, sampling)})
     with pipeline_errors(request, "answering"):  # a full queue is a 429 before the stream starts

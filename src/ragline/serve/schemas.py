@@ -113,6 +113,8 @@ class SearchRequest(_Strict):
     k: K = 10
     pipeline: str | None = None
     filter: Filter | None = None
+    # False: a search that a shard of a sharded index did not answer is a 503, not a partial result.
+    allow_partial: bool = True
 
     def texts(self) -> list[str]:
         if (self.query is None) == (self.queries is None):
@@ -126,6 +128,7 @@ class AskRequest(_Sampling):
     pipeline: str | None = None
     filter: Filter | None = None
     stream: bool = False
+    allow_partial: bool = True
 
 
 class TextPart(_Strict):

@@ -38,15 +38,17 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 SHUTDOWN_MARGIN_S = 5.0
 
 
-def load_pipelines(specs: Sequence[str], index: str | None = None) -> dict[str, Pipeline]:
+def load_pipelines(specs: Sequence[str], index: str | None = None, ray: str | None = None) -> dict[str, Pipeline]:
     """``FILE`` (named after the file's stem) or ``NAME=FILE``; stages that
-    read an index and name none read ``index``."""
+    read an index and name none read ``index``; retrievers of a sharded index
+    that name no Ray address search its shards on ``ray``."""
+    defaults = {key: value for key, value in (("index", index), ("ray", ray)) if value is not None}
     pipelines: dict[str, Pipeline] = {}
     for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else (Path(spec).stem, "", spec)
         if name in pipelines:
             raise ConfigError(f"two pipelines are named {name!r}; name them with NAME=FILE")
-        pipelines[name] = Pipeline.load(path, defaults={"index": index} if index else None)
+        pipelines[name] = Pipeline.load(path, defaults=defaults or None)
     if not pipelines:
         raise ConfigError("nothing to serve: give at least one --pipeline FILE")
     return pipelines

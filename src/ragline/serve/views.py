@@ -8,6 +8,7 @@ from typing import Any
 
 from ragline.engine.types import Query
 from ragline.generators.backend import Sampling
+from ragline.serve.errors import ApiError
 
 
 def timings(query: Query) -> list[dict[str, Any]]:
@@ -26,7 +27,7 @@ def search_view(query: Query) -> dict[str, Any]:
                      "doc_id": passage.doc_id if passage else None, "title": passage.title if passage else None,
                      "text": passage.text if passage else None,
                      "metadata": passage.metadata if passage else None})
-    return {"query": query.text, "hits": hits, "timings": timings(query)}
+    return {"query": query.text, "hits": hits, **shards_view(query), "timings": timings(query)}
 
 
 def answer_view(query: Query) -> dict[str, Any]:
@@ -40,7 +41,23 @@ def answer_view(query: Query) -> dict[str, Any]:
     citations = [{"number": number[pid], "id": pid, "title": passages[number[pid] - 1]["title"]}
                  for pid in cited if pid in number]
     return {"answer": query.answer.text if query.answer else "", "citations": citations, "passages": passages,
-            "usage": usage(query), "timings": timings(query)}
+            **shards_view(query), "usage": usage(query), "timings": timings(query)}
+
+
+def shards_view(query: Query) -> dict[str, Any]:
+    """``partial``: whether shards of a sharded index did not answer (their
+    numbers then in ``missing_shards``): the hits are the other shards' only."""
+    missing = query.missing_shards()
+    return {"partial": True, "missing_shards": missing} if missing else {"partial": False}
+
+
+def refuse_partial(queries: list[Query]) -> None:
+    """For a request that asked for whole results only (``allow_partial: false``):
+    a 503 naming the shards that did not answer."""
+    missing = sorted({n for query in queries for n in query.missing_shards()})
+    if missing:
+        raise ApiError(503, f"shards {missing} of the index did not answer, and the request asked for whole "
+                            "results only (allow_partial: false)", param="allow_partial", headers={"Retry-After": "1"})
 
 
 def usage(query: Query) -> dict[str, int]:

@@ -38,6 +38,7 @@ from ragline.engine.index.docstore import DocStore, content_hash
 from ragline.engine.index.layout import DOCSTORE, FORMAT_VERSION, META
 from ragline.engine.index.progress import documents_progress, estimate_documents
 from ragline.engine.index.resume import Committed, Resumption, build_journal, remove_journal, write_journal
+from ragline.engine.index.sharding import shard_of
 from ragline.engine.types import Passage
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def build_index(
     resume: bool = False,
     ray: str | None = None,
     workers: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Index ``corpus`` into the folder ``out`` with the given components, e.g.
     ``{"bm25": {}, "dense": {"encoder": "all-MiniLM-L6-v2"}}``. Returns meta.json's content.
@@ -73,7 +75,11 @@ def build_index(
     ``ray`` (``auto``, ``local`` or a cluster's address) encodes the passages
     on a Ray actor pool of ``workers`` actors (default: one per GPU, else per
     CPU slot) instead of here; everything else, and what is written, stays as
-    without it (engine/index/distributed.py)."""
+    without it (engine/index/distributed.py).
+
+    ``shard=(number, count)`` indexes only the documents that ``shard_of``
+    assigns to shard ``number`` of ``count`` (engine/index/sharding.py; a
+    sharded build calls this once per shard)."""
     corpus = Path(corpus)
     if not components:
         raise InputError("choose at least one index component (bm25, dense)")
@@ -87,10 +93,10 @@ def build_index(
         fmt = detect_format(corpus, encoding_errors)
     builders = [index_component(name).builder(**dict(params)) for name, params in components.items()]
     hashes: list[tuple[str, str, str]] = []  # documents read since the last commit
-    read = functools.partial(corpus_passages, corpus, fmt, encoding_errors, window, overlap)
+    read = functools.partial(corpus_passages, corpus, fmt, encoding_errors, window, overlap, shard=shard)
     passages = read(hashes)
     settings = {name: _settings(index_component(name).builder, params) for name, params in components.items()}
-    journal = build_journal(corpus, fmt, encoding_errors, window, overlap, settings)
+    journal = build_journal(corpus, fmt, encoding_errors, window, overlap, settings, shard)
     resumption = Resumption(journal, passages, hashes, Path(out)) if resume else None
 
     with atomic_directory(out, "index", recognise=is_index, resume=resumption.accept if resumption else None) as tmp:
@@ -104,6 +110,9 @@ def build_index(
                 skip = committed.passages if committed else 0
                 with _batches(passages, read, hashes, opened, skip, batch_size, ray, workers) as batches:
                     n_docs, n_passages = _feed(batches, hashes, store, opened, committed or Committed(), progress, total)
+                if n_passages == 0 and shard is not None:
+                    raise InputError(f"no document of the corpus falls to shard {shard[0]} of {shard[1]}: "
+                                     "use fewer shards", path=corpus)
                 if n_passages == 0:
                     raise InputError("the corpus has no documents", path=corpus)
                 store.commit()
@@ -121,6 +130,7 @@ def build_index(
             "passages": n_passages,
             "chunking": {"window": window, "overlap": overlap} if window else None,
             "components": built,
+            **({"shard": {"number": shard[0], "count": shard[1]}} if shard else {}),
         }
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
@@ -191,10 +201,16 @@ def is_index(path: Path) -> bool:
 
 
 def corpus_passages(corpus: Path, fmt: str, encoding_errors: str, window: int | None, overlap: int,
-                    hashes: list[tuple[str, str, str]]) -> Iterator[tuple[Passage, str]]:
+                    hashes: list[tuple[str, str, str]], shard: tuple[int, int] | None = None
+                    ) -> Iterator[tuple[Passage, str]]:
     """The (passage, origin) pairs a build indexes, in corpus order, noting
-    each document's (id, content hash, origin) in ``hashes`` as it is read."""
-    return passages_of(_hashed(read_corpus(corpus, fmt, encoding_errors), hashes), window, overlap)
+    each document's (id, content hash, origin) in ``hashes`` as it is read;
+    with ``shard``, those of the documents assigned to it."""
+    documents = read_corpus(corpus, fmt, encoding_errors)
+    if shard is not None:
+        number, count = shard
+        documents = (doc for doc in documents if shard_of(doc.id, count) == number)
+    return passages_of(_hashed(documents, hashes), window, overlap)
 
 
 @contextlib.contextmanager

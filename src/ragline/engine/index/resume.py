@@ -54,7 +54,7 @@ class Committed:
 
 
 def build_journal(corpus: Path, fmt: str, encoding_errors: str, window: int | None, overlap: int,
-                  components: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+                  components: Mapping[str, Mapping[str, Any]], shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Everything that decides what a build writes, as it reads back from JSON;
     ``components`` holds each one's settings with its defaults filled in, so
     that the same settings given two ways compare equal. The batch size is not
@@ -67,6 +67,7 @@ def build_journal(corpus: Path, fmt: str, encoding_errors: str, window: int | No
         "encoding_errors": encoding_errors,
         "chunking": {"window": window, "overlap": overlap} if window else None,
         "components": {name: dict(params) for name, params in components.items()},
+        **({"shard": list(shard)} if shard else {}),
     }
     return json.loads(json.dumps(journal, default=str))
 

@@ -46,6 +46,8 @@ from ragline.engine.index.build import is_index, opened_components
 from ragline.engine.index.component import index_component
 from ragline.engine.index.docstore import DocStore, content_hash
 from ragline.engine.index.layout import DOCSTORE, META, IndexDir
+from ragline.engine.index.sharded_update import apply_to_shards
+from ragline.engine.index.sharding import is_sharded
 from ragline.engine.types import Document, Passage
 
 log = logging.getLogger(__name__)
@@ -94,39 +96,51 @@ def read_ids(path: str | Path, encoding_errors: str = "strict") -> list[str]:
 def apply_changes(out: str | Path, changes: Changes, batch_size: int = 4096, progress: bool = False,
                   source: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the index at ``out`` changed by ``changes`` beside it and swap it
-    in; ``source`` replaces the recorded corpus. Returns the new meta.json."""
+    in; ``source`` replaces the recorded corpus. Returns the new meta.json.
+    A sharded index changes each shard this way (engine/index/sharded_update.py)."""
     out = Path(out).absolute()
-    with _exclusive(out):
-        old = IndexDir.open(out)
-        chunking = old.meta.get("chunking") or {}
-        window, overlap = chunking.get("window"), chunking.get("overlap", 0)
-        builders = [_builder_for(name, recorded) for name, recorded in old.meta.get("components", {}).items()]
-        with atomic_directory(out, "index", recognise=is_index) as tmp:
-            previous = DocStore(old.path / DOCSTORE)
-            incoming = _Incoming(tmp / STAGING)
-            try:
-                incoming.read(changes.documents)
-                plan = _plan(previous, incoming, changes)
-                store = DocStore(tmp / DOCSTORE, create=True)
-                try:
-                    built, n_passages, reused = _write(plan, previous, incoming, store, builders, old.path,
-                                                       window, overlap, batch_size, progress)
-                finally:
-                    store.close()
-            finally:
-                incoming.close()
-                previous.close()
-            meta = {**old.meta, **(source or {}),
-                    "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "documents": len(plan.order), "passages": n_passages, "components": built,
-                    "last_update": {**plan.counts, "passages_reused": reused, "passages_indexed": n_passages - reused}}
-            (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    with exclusive_update(out):
+        if is_sharded(out):
+            meta = apply_to_shards(out, changes, write_changed, batch_size, progress, source)
+        else:
+            meta = write_changed(out, out, changes, batch_size, progress, source)
     log.info("updated %s: %s", out, meta["last_update"])
     return meta
 
 
+def write_changed(old_path: Path, new_path: Path, changes: Changes, batch_size: int = 4096, progress: bool = False,
+                  source: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write the index at ``old_path`` changed by ``changes`` into ``new_path``
+    (the same path: swapped in), atomically. Returns its meta.json."""
+    old = IndexDir.open(old_path)
+    chunking = old.meta.get("chunking") or {}
+    window, overlap = chunking.get("window"), chunking.get("overlap", 0)
+    builders = [_builder_for(name, recorded) for name, recorded in old.meta.get("components", {}).items()]
+    with atomic_directory(new_path, "index", recognise=is_index) as tmp:
+        previous = DocStore(old.path / DOCSTORE)
+        incoming = _Incoming(tmp / STAGING)
+        try:
+            incoming.read(changes.documents)
+            plan = _plan(previous, incoming, changes)
+            store = DocStore(tmp / DOCSTORE, create=True)
+            try:
+                built, n_passages, reused = _write(plan, previous, incoming, store, builders, old.path,
+                                                   window, overlap, batch_size, progress)
+            finally:
+                store.close()
+        finally:
+            incoming.close()
+            previous.close()
+        meta = {**old.meta, **(source or {}),
+                "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "documents": len(plan.order), "passages": n_passages, "components": built,
+                "last_update": {**plan.counts, "passages_reused": reused, "passages_indexed": n_passages - reused}}
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
+
+
 @contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
+def exclusive_update(out: Path) -> Iterator[None]:
     """One update of ``out`` at a time: a lock on the index folder itself. A
     waiter that gets the lock of a folder an earlier update has since swapped
     out takes the new folder's lock instead."""
