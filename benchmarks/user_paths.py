@@ -21,7 +21,7 @@ Ratios are of figures measured side by side in this run; the load average
 is printed with every timing. Progress and an ETA go to stderr; the last
 line is one JSON object of every figure.
 
-    python benchmarks/user_paths.py [--repeats 3] [--contended] [--quick]
+    python benchmarks/user_paths.py [--repeats 3] [--contended] [--quick] [--model qwen2.5-coder-1.5b]
 """
 
 from __future__ import annotations
@@ -85,12 +85,14 @@ def timed(args: list, cwd: Path, env: dict | None = None) -> tuple[float, str]:
     return took, done.stdout
 
 
-def pipeline_file(folder: Path, name: str, kv_reuse: str, cache: Path | None) -> Path:
+def pipeline_file(folder: Path, name: str, kv_reuse: str, cache: Path | None, model: str | None) -> Path:
     options = f", kv_options: {{directory: {cache}}}" if cache else ""
+    model_setting = f"model: {model}, " if model else ""
     path = folder / f"{name}.yaml"
     path.write_text(f"stages:\n  - bm25: {{k: {PASSAGES}}}\n"
-                    f"  - generate: {{passages: {PASSAGES}, max_new_tokens: 8, kv_reuse: {kv_reuse}{options}}}\n")
+                    f"  - generate: {{{model_setting}passages: {PASSAGES}, max_new_tokens: 8, kv_reuse: {kv_reuse}{options}}}\n")
     return path
+
 
 
 def ask(index: Path, question: str, pipeline: Path, work: Path) -> dict:
@@ -106,14 +108,14 @@ def median(runs: list[dict], key: str) -> float:
     return round(statistics.median(run[key] for run in runs), 3)
 
 
-def asks(index: Path, questions: list[str], work: Path, repeats: int, tag: str, progress) -> dict:
+def asks(index: Path, questions: list[str], work: Path, repeats: int, tag: str, progress, model: str | None) -> dict:
     """Full prefill against a warm cache, per question: full, then block cold, then block warm."""
     full, cold, warm = [], [], []
     for n, question in enumerate(questions[:repeats]):
         cache = work / f"kv-{tag}-{n}"
         shutil.rmtree(cache, ignore_errors=True)
-        full_pipeline = pipeline_file(work, "full", "full", None)
-        block_pipeline = pipeline_file(work, f"block-{tag}-{n}", "block", cache)
+        full_pipeline = pipeline_file(work, "full", "full", None, model)
+        block_pipeline = pipeline_file(work, f"block-{tag}-{n}", "block", cache, model)
         progress(f"{tag}: full prefill, question {n + 1}")
         full.append(ask(index, question, full_pipeline, work))
         progress(f"{tag}: block reuse, cold cache, question {n + 1}")
@@ -148,6 +150,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="questions asked (each: full, cold, warm)")
     parser.add_argument("--contended", action="store_true", help="also with one other CPU-bound process running")
     parser.add_argument("--quick", action="store_true", help="one question, for make bench-check")
+    parser.add_argument("--model", default=None, help="the generator (default: the generate stage's, SmolLM2-135M-Instruct)")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
     work = Path(tempfile.mkdtemp(prefix="ragline-user-paths-"))
@@ -160,7 +163,7 @@ def main() -> None:
         steps = 2 * max(repeats, WALL_SAMPLES) + 3 * repeats * (2 if args.contended else 1)
         progress = Progress(steps)
         figures: dict = {"cpu_cores": os.cpu_count(), "passages": PASSAGES, "passage_words": PASSAGE_WORDS,
-                         "model": "SmolLM2-135M-Instruct (fp32)", "new_tokens": 8, "load_average_start": load()}
+                         "model": f"{args.model or 'SmolLM2-135M-Instruct'} (fp32)", "new_tokens": 8, "load_average_start": load()}
         walls: dict[str, list[float]] = {"help": [], "query": []}
         for _ in range(max(repeats, WALL_SAMPLES)):
             progress("ragline --help")
@@ -170,13 +173,13 @@ def main() -> None:
         figures["help_wall_s"] = round(statistics.median(walls["help"]), 3)
         figures["query_wall_s"] = round(statistics.median(walls["query"]), 3)
         say(f"    --help {figures['help_wall_s']} s, BM25 query {figures['query_wall_s']} s (load average {load()})")
-        figures["quiet"] = asks(index, questions, work, repeats, "quiet", progress)
+        figures["quiet"] = asks(index, questions, work, repeats, "quiet", progress, args.model)
         figures["warm_ask_over_query_wall"] = round(figures["quiet"]["warm_wall_s"] / figures["query_wall_s"], 2)
         if args.contended:
             busy = subprocess.Popen([sys.executable, "-c", BUSY])
             try:
                 time.sleep(3)
-                figures["contended"] = asks(index, questions, work, repeats, "contended", progress)
+                figures["contended"] = asks(index, questions, work, repeats, "contended", progress, args.model)
             finally:
                 busy.kill()
                 busy.wait()
