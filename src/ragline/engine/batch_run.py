@@ -55,7 +55,7 @@ def run_on_ray(pipeline: Pipeline, queries: Iterable[str | Query], address: str 
     batches = [items[start: start + pipeline.batch_size] for start in range(0, len(items), pipeline.batch_size)]
     if not batches:
         return []
-    config = pipeline.to_config()
+    config = _searching_shards_in_process(pipeline.to_config())
     with ray_session(address) as ray:
         gpus = _gpus_per_actor(pipeline, cluster_gpus(ray))
         workers = min(workers or default_workers(ray, gpus), len(batches))
@@ -65,6 +65,17 @@ def run_on_ray(pipeline: Pipeline, queries: Iterable[str | Query], address: str 
                 readable_errors():
             done = ordered_map(ray, actors, "run", batches, send=pickle.dumps)
             return list(_in_order(done, len(items), progress))
+
+
+def _searching_shards_in_process(config: dict) -> dict:
+    """The pipeline's configuration with no retriever searching a sharded index
+    on shard actors of its own: each actor of the pool searches the shards in
+    process (N shard actors per pool actor would compete for the same slots)."""
+    for stage in config.get("stages", []):
+        for settings in stage.values():
+            if isinstance(settings, dict):
+                settings.pop("ray", None)
+    return config
 
 
 class OnRay:

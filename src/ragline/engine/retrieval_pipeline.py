@@ -9,6 +9,7 @@ does not import the retriever modules.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 from ragline.engine.errors import IndexNotFound, InputError
@@ -47,6 +48,11 @@ def retrieval_pipeline(index_path: str, retriever: str = "auto", k: int = 10, to
         raise IndexNotFound(f"index {index.path} has no retrieval component")
     if retriever == "auto":
         retriever = "hybrid" if len(built) > 1 else built[0]
+    for name in built if retriever == "hybrid" else [retriever]:
+        accepted = inspect.signature(index_component(name).retriever).parameters
+        if sharding and not all(key in accepted for key in sharding):
+            raise InputError(f"the {name} retriever cannot search shards on Ray or refuse partial results "
+                             f"(it takes no {' or '.join(k for k in sharding if k not in accepted)} setting)")
     if retriever != "hybrid":
         index.component(retriever)  # a clear error if it was not built
         stages = [index_component(retriever).retriever(index=index_path, k=k, filter=filter, **sharding)]

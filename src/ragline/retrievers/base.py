@@ -100,9 +100,9 @@ class Retriever(Stage):
         (on Ray where the retriever's ``ray`` setting says) and return True —
         the retriever then searches them and opens nothing else."""
         if not is_sharded(self.index):
-            if getattr(self, "ray", None) is not None:
-                log.warning("%s: index %s is not sharded; 'ray' applies only to a sharded index and is ignored",
-                            self.name, self.index)
+            if getattr(self, "ray", None) is not None or getattr(self, "missing_shards", "flag") != "flag":
+                log.warning("%s: index %s is not sharded; 'ray' and 'missing_shards' apply only to a sharded "
+                            "index and are ignored", self.name, self.index)
             return False
         from ragline.retrievers.shards import ShardSet  # (imports no Ray)
 
@@ -123,8 +123,8 @@ class Retriever(Stage):
     def shard_settings(self, path: str) -> dict[str, Any]:
         """The settings of this retriever's copy that searches the shard at ``path``."""
         settings = {**self.to_config(with_defaults=True), "index": path}
-        if "ray" in settings:
-            settings["ray"] = None
+        for per_search in ("k", "ray", "missing_shards"):  # given per search, or the shard set's own
+            settings.pop(per_search, None)
         return settings
 
     def shard_statistics(self) -> Any:
@@ -157,18 +157,23 @@ class Retriever(Stage):
         for query_filter, queries in groups.items():
             yield queries, self.selection(query_filter)
 
-    def selection(self, query_filter: str | None = None) -> Selection | None:
-        """The passages that the stage's filter and ``query_filter`` both let through."""
+    def selection(self, query_filter: str | None = None, fields: dict[str, set[str]] | None = None
+                  ) -> Selection | None:
+        """The passages that the stage's filter and ``query_filter`` both let
+        through; ``fields``: the metadata fields to compile the filter against
+        (a shard's copy is given the whole index's)."""
         tree = self._combined_filter(query_filter)
         if tree is None:
             return None
         self.warm_up()
+        if self._shards is not None:
+            raise RaglineError("a sharded index has no one selection of passages: each shard selects its own")
         if self._selections_of is not self._store:  # an updated index: selections start again
             self._selections, self._selections_of = {}, self._store
         if query_filter not in self._selections:
             if len(self._selections) >= _SELECTIONS_KEPT:
                 self._selections.pop(next(iter(self._selections)))
-            self._selections[query_filter] = self._store.select(tree)
+            self._selections[query_filter] = self._store.select(tree, fields)
         return self._selections[query_filter]
 
     def check_filter(self, query_filter: str | None) -> None:

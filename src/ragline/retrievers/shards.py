@@ -31,11 +31,11 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
-from ragline.engine.errors import RaglineError
+from ragline.engine.errors import InputError, RaglineError
 from ragline.engine.index.docstore import DocStore
+from ragline.engine.index.filters import FilterError
 from ragline.engine.index.sharding import ShardedIndex
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,14 @@ class ShardSearcher:
         self.retriever.use_statistics(statistics)
         self._statistics = statistics
 
-    def search(self, texts: list[str], k: int, query_filter: str | None, statistics: Any = None
-               ) -> list[list[tuple[str, float]]]:
-        """The shard's top ``k`` for each text, scored with ``statistics`` where given."""
+    def search(self, texts: list[str], k: int, query_filter: str | None, statistics: Any = None,
+               fields: dict[str, set[str]] | None = None) -> list[list[tuple[str, float]]]:
+        """The shard's top ``k`` for each text, scored with ``statistics`` where
+        given; ``query_filter`` compiled against the whole index's ``fields``."""
         self.retriever.warm_up()
         if statistics is not None and statistics is not self._statistics:
             self.use_statistics(statistics)
-        allowed = self.retriever.selection(query_filter)
+        allowed = self.retriever.selection(query_filter, fields)
         return self.retriever.search(texts, k, allowed=allowed)
 
 
@@ -104,14 +105,14 @@ class ShardActor:
     def statistics(self, kind: type, settings: dict[str, Any]) -> Any:
         return self._searcher(kind, settings)[1].statistics()
 
-    def search(self, kind, settings, texts, k, query_filter, statistics=None):
+    def search(self, kind, settings, texts, k, query_filter, statistics=None, fields=None):
         key, searcher = self._searcher(kind, settings)
         if statistics is not None and self._references.get(key) != statistics[0]:
             import ray
 
             searcher.use_statistics(ray.get(statistics[0]))
             self._references[key] = statistics[0]
-        return searcher.search(texts, k, query_filter)
+        return searcher.search(texts, k, query_filter, fields=fields)
 
     def _searcher(self, kind: type, settings: dict[str, Any]) -> tuple[str, ShardSearcher]:
         key = json.dumps([kind.__module__, kind.__qualname__, settings], sort_keys=True, default=str)
@@ -131,7 +132,8 @@ class _SharedActors:
         self._session: contextlib.ExitStack | None = None
         self._users = 0
 
-    def take(self, address: str, root: Path, count: int) -> tuple[Any, list]:
+    def take(self, address: str, folders: tuple[str, ...]) -> tuple[Any, list]:
+        """The actors of the shards in ``folders`` (absolute paths), made if none are alive."""
         from ragline.engine.scale.ray_session import FAULT_TOLERANCE, JVM_SAFE, ray_session
 
         with self._lock:
@@ -140,17 +142,21 @@ class _SharedActors:
                 session.enter_context(ray_session(address))
                 self._session = session
             self._users += 1
-            import ray
+            try:
+                import ray
 
-            key = (str(root.resolve()), ray.get_runtime_context().get_job_id())
-            actors, users = self._actors.get(key, (None, 0))
-            if actors is None:
-                # One CPU slot each, one per node while nodes are free (SPREAD).
-                remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD", runtime_env={"env_vars": JVM_SAFE},
-                                    **FAULT_TOLERANCE)(ShardActor)
-                actors = [remote.remote(number) for number in range(count)]
-            self._actors[key] = (actors, users + 1)
-            return ray, actors
+                key = (folders, ray.get_runtime_context().get_job_id())
+                actors, users = self._actors.get(key, (None, 0))
+                if actors is None:
+                    # One CPU slot each, one per node while nodes are free (SPREAD).
+                    remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD", runtime_env={"env_vars": JVM_SAFE},
+                                        **FAULT_TOLERANCE)(ShardActor)
+                    actors = [remote.remote(number) for number in range(len(folders))]
+                self._actors[key] = (actors, users + 1)
+                return ray, actors
+            except BaseException:
+                self._release_session()
+                raise
 
     def give_back(self, ray, actors: list) -> None:
         with self._lock:
@@ -162,10 +168,13 @@ class _SharedActors:
                         del self._actors[key]
                         for actor in held:
                             ray.kill(actor, no_restart=True)
-            self._users -= 1
-            if self._users == 0 and self._session is not None:
-                self._session.close()
-                self._session = None
+            self._release_session()
+
+    def _release_session(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._session is not None:
+            self._session.close()
+            self._session = None
 
 
 _shared = _SharedActors()
@@ -183,6 +192,8 @@ class ShardSet:
         self.timeout = timeout
         # The driver reads passages from the shards' stores (a shared file system on a cluster).
         self.stores: list[DocStore] = [shard.docstore() for shard in self.index.shards]
+        # Filters are compiled against the whole index's fields (a field some shards lack matches nothing there).
+        self.fields = self.metadata_fields()
         settings = [retriever.shard_settings(str(shard.path)) for shard in self.index.shards]
         self._exit = contextlib.ExitStack()
         self.actors: list = []  # on Ray: the shards' actors, in shard order
@@ -228,14 +239,14 @@ class ShardSet:
         statistics = self.kind.merged_statistics([shard.statistics() for shard in shards])
 
         def scatter(texts, k, query_filter):
-            return {n: shard.search(texts, k, query_filter, statistics) for n, shard in enumerate(shards)}, []
+            return {n: shard.search(texts, k, query_filter, statistics, self.fields) for n, shard in enumerate(shards)}, []
 
         return scatter
 
     def _on_ray(self, address: str, settings: list[dict[str, Any]]) -> Callable:
         from ragline.engine.scale.ray_session import user_error
 
-        ray, actors = _shared.take(address, self.index.root.path, self.count)
+        ray, actors = _shared.take(address, tuple(str(shard.path.resolve()) for shard in self.index.shards))
         self.actors = actors
         self._exit.callback(_shared.give_back, ray, actors)
         kind = self.kind
@@ -248,22 +259,25 @@ class ShardSet:
         merged = kind.merged_statistics(parts)
         statistics = None if merged is None else [ray.put(merged)]
 
+        fields = self.fields
+
         def scatter(texts, k, query_filter):
-            calls = {n: actor.search.remote(kind, settings[n], texts, k, query_filter, statistics)
+            calls = {n: actor.search.remote(kind, settings[n], texts, k, query_filter, statistics, fields)
                      for n, actor in enumerate(actors)}
             ready, _ = ray.wait(list(calls.values()), num_returns=len(calls), timeout=self.timeout)
             answers, missing = {}, []
             for number, call in calls.items():
                 if call not in ready:
                     log.warning("shard %d of %s did not answer within %.0f s", number, self.index.root.path, self.timeout)
-                    ray.cancel(call)
+                    with contextlib.suppress(Exception):  # (a task of a dead actor cannot be cancelled)
+                        ray.cancel(call)
                     missing.append(number)
                     continue
                 try:
                     answers[number] = ray.get(call)
                 except Exception as error:
                     readable = user_error(error)
-                    if readable is not None:
+                    if isinstance(readable, (FilterError, InputError)):
                         raise readable from None  # a bad filter, say: the request's error, not a missing shard
                     log.warning("shard %d of %s failed: %s", number, self.index.root.path,
                                 str(error).strip().splitlines()[0])

@@ -56,7 +56,7 @@ def refuse_partial(queries: list[Query]) -> None:
     a 503 naming the shards that did not answer."""
     missing = sorted({n for query in queries for n in query.missing_shards()})
     if missing:
-        raise ApiError(503, f"shards {missing} of the index did not answer, and the request asked for whole "
+        raise ApiError(503, f"shard(s) {', '.join(map(str, missing))} of the index did not answer, and the request asked for whole "
                             "results only (allow_partial: false)", param="allow_partial", headers={"Retry-After": "1"})
 
 

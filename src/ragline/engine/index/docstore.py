@@ -212,9 +212,11 @@ class DocStore:
                     fields.setdefault(key, set()).add(kind)
         return fields
 
-    def select(self, tree: Node) -> Selection:
-        """The passages whose metadata passes the filter ``tree``."""
-        condition, parameters = compile_filter(tree, self.metadata_fields)
+    def select(self, tree: Node, fields: dict[str, set[str]] | None = None) -> Selection:
+        """The passages whose metadata passes the filter ``tree``, compiled
+        against ``fields`` (default: this store's own; a shard of a sharded
+        index is given the whole index's)."""
+        condition, parameters = compile_filter(tree, self.metadata_fields if fields is None else fields)
         with self._lock:
             try:
                 matched = self._conn.execute(f"SELECT row, id FROM passages WHERE {condition} ORDER BY row",

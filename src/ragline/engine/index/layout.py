@@ -68,18 +68,26 @@ class IndexDir:
         except FileNotFoundError:
             return True
 
+    def _not_sharded(self) -> None:
+        """A sharded index's root holds no components or store of its own (engine/index/sharding.py)."""
+        if "shards" in self.meta:
+            raise RaglineError(f"index {self.path} is sharded: this reads one index; its shards are the folders "
+                               f"{', '.join(self.meta['shards'].get('folders', []))} in it")
+
     @property
     def components(self) -> list[str]:
         return sorted(self.meta.get("components", {}))
 
     def component(self, name: str) -> tuple[Path, dict[str, Any]]:
         """The folder and recorded settings of one component, or a clear error."""
+        self._not_sharded()
         if name not in self.meta.get("components", {}):
             have = ", ".join(self.components) or "none"
             raise IndexNotFound(f"index {self.path} has no {name} component (it has: {have})")
         return self.path / name, self.meta["components"][name]
 
     def docstore(self) -> DocStore:
+        self._not_sharded()
         # Keyed by the file's identity: a rebuilt index is a new file, even
         # within the same second.
         stat = (self.path / DOCSTORE).stat()

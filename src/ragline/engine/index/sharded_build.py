@@ -47,9 +47,8 @@ def build_sharded_index(corpus: str | Path, out: str | Path, components: Mapping
         fmt = detect_format(corpus, options.get("encoding_errors", "strict"))
     plan = json.loads(json.dumps({"corpus": str(corpus.resolve()), "format": fmt, "shards": shards,
                                   "components": components, **options}, default=str))
-    plan.pop("progress", None)
-    plan.pop("workers", None)
-    plan.pop("ray", None)
+    for how in ("progress", "workers", "ray", "batch_size"):  # how it runs, not what it writes
+        plan.pop(how, None)
 
     def same_plan(folder: Path) -> bool:
         recorded = folder / PLAN
@@ -75,8 +74,8 @@ def build_sharded_index(corpus: str | Path, out: str | Path, components: Mapping
                 continue
             log.info("building shard %d of %d", number, shards)
             metas.append(build_index(corpus, folder, components, fmt=fmt, resume=resumed, shard=(number, shards), **options))
-        (tmp / PLAN).unlink()
         created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         meta = root_meta(metas, [shard_folder(n) for n in range(shards)], {"created": created})
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (tmp / PLAN).unlink()
     return meta

@@ -6,10 +6,12 @@ folder beside the old one, by the same copy-on-write update as an unsharded
 index (update.py's ``write_changed``, handed in by update.py, which calls
 this module: unchanged passages copied, only new and changed ones encoded,
 BM25 re-indexed); then the root meta.json, which names the
-shards' folders, is replaced in one step, and the old folders are removed.
-A crash before that step leaves the old index (the new folders are removed
-by the next update); after it, the new one (and old folders, likewise).
-Shards with nothing to change are not touched.
+shards' folders, is replaced in one step. A crash before that step leaves
+the old index (the new folders are removed by the next update); after it,
+the new one. The folders an update replaced stay until the next update
+removes them: a reader (a restarted shard actor, a process that read the
+old root a moment before) can still open the version it was reading. Shards
+with nothing to change are not touched.
 """
 
 from __future__ import annotations
@@ -66,8 +68,6 @@ def apply_to_shards(root: Path, changes, write_changed: Callable[..., dict[str, 
         for path in written:
             shutil.rmtree(path, ignore_errors=True)
         raise
-    for number in changed:
-        shutil.rmtree(index.shards[number].path, ignore_errors=True)
     log.info("updated shards %s of %s", changed, root)
     return meta
 
@@ -92,9 +92,9 @@ def _summed_counts(metas: list[dict[str, Any]], changed: list[int]) -> dict[str,
 
 
 def _remove_unnamed_shards(root: Path, named: list[str]) -> None:
-    """Shard folders that the root does not name: left by an update that crashed
-    before (new ones) or after (old ones) its commit."""
+    """Shard folders that the root does not name: versions the last update
+    replaced, and new ones of an update that crashed before its commit."""
     for folder in root.glob("shard-*"):
         if folder.name not in named and folder.is_dir() and (folder / MARKER).is_file():
-            log.info("removing %s, left by an interrupted update", folder)
+            log.info("removing %s, replaced by an update or left by an interrupted one", folder)
             shutil.rmtree(folder, ignore_errors=True)

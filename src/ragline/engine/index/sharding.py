@@ -15,20 +15,24 @@ The root meta.json is the one thing an update replaces in place: changed
 shards are written as new folders beside the old ones (``shard-01.2``, the
 second version of shard 1), then the root meta.json is swapped to name them
 (engine/index/sharded_update.py). A reader that has read the root's meta.json
-therefore sees one consistent set of shards, and a crash at any moment leaves
-the old set or the new one.
+therefore sees one consistent set of shards (the versions an update replaced
+stay until the next update, for readers still opening them), and a crash at
+any moment leaves the old set or the new one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ragline.engine.errors import RaglineError
 from ragline.engine.index.layout import META, IndexDir
+
+log = logging.getLogger(__name__)
 
 # The assignment's name, recorded: a reader refuses an index assigned another way.
 ASSIGNMENT = "blake2b-64(document id) mod shards"
@@ -64,30 +68,42 @@ class ShardedIndex:
     shards: tuple[IndexDir, ...]
 
     @classmethod
-    def open(cls, path: str | Path) -> ShardedIndex:
+    def open(cls, path: str | Path, attempts: int = 5) -> ShardedIndex:
         """The shards the root's meta.json names, each opened and checked to be
-        the shard it is named as, with the root's settings."""
-        root = IndexDir.open(path)
-        record = root.meta.get("shards")
-        if not isinstance(record, dict):
-            raise RaglineError(f"index {root.path} is not sharded")
-        folders, count = record.get("folders"), record.get("count")
-        if record.get("assignment") != ASSIGNMENT or not isinstance(folders, list) or len(folders) != count or not count:
-            raise RaglineError(f"index {root.path}: its meta.json's shards record is not one this ragline reads: {record}")
-        shards = []
-        for number, folder in enumerate(folders):
-            shard = IndexDir.open(root.path / folder)
-            if shard.meta.get("shard") != {"number": number, "count": count}:
-                raise RaglineError(f"index {root.path}: {folder} is not shard {number} of {count} "
-                                   f"(its meta.json says {shard.meta.get('shard')})")
-            if _settings(shard.meta) != _settings(root.meta):
-                raise RaglineError(f"index {root.path}: {folder} was built with other settings than the index")
-            shards.append(shard)
-        return cls(root, tuple(shards))
+        the shard it is named as, with the root's settings. An update that
+        commits meanwhile (the root then names other folders) is read again."""
+        for attempt in range(1, attempts + 1):
+            root = IndexDir.open(path)
+            try:
+                return cls(root, tuple(_open_shards(root)))
+            except RaglineError:
+                if attempt == attempts or IndexDir.open(path).meta == root.meta:
+                    raise
+                log.info("sharded index %s was updated while being opened; opening the new version", path)
+        raise AssertionError("unreachable")
 
     @property
     def count(self) -> int:
         return len(self.shards)
+
+
+def _open_shards(root: IndexDir) -> list[IndexDir]:
+    record = root.meta.get("shards")
+    if not isinstance(record, dict):
+        raise RaglineError(f"index {root.path} is not sharded")
+    folders, count = record.get("folders"), record.get("count")
+    if record.get("assignment") != ASSIGNMENT or not isinstance(folders, list) or len(folders) != count or not count:
+        raise RaglineError(f"index {root.path}: its meta.json's shards record is not one this ragline reads: {record}")
+    shards = []
+    for number, folder in enumerate(folders):
+        shard = IndexDir.open(root.path / folder)
+        if shard.meta.get("shard") != {"number": number, "count": count}:
+            raise RaglineError(f"index {root.path}: {folder} is not shard {number} of {count} "
+                               f"(its meta.json says {shard.meta.get('shard')})")
+        if _settings(shard.meta) != _settings(root.meta):
+            raise RaglineError(f"index {root.path}: {folder} was built with other settings than the index")
+        shards.append(shard)
+    return shards
 
 
 def _settings(meta: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +116,7 @@ def _settings(meta: dict[str, Any]) -> dict[str, Any]:
 
 # Recorded per component but different in every shard (what each holds, and
 # the encoder check's stamp, the same encoder's anyway).
-_PER_SHARD = {"count", "encoded", "reused"}
+_PER_SHARD = {"count", "encoded", "reused", "factory"}  # (IVF's list count follows the shard's size)
 
 
 def root_meta(shard_metas: list[dict[str, Any]], folders: list[str], extra: dict[str, Any]) -> dict[str, Any]:

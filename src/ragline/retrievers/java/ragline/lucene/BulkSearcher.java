@@ -131,8 +131,8 @@ public final class BulkSearcher extends SimpleSearcher {
 
   /**
    * This index's statistics of the analyzed text field: every term with its document frequency and
-   * total frequency (terms concatenated as in {@link Batch}), and the field's document count,
-   * total term count, summed document frequencies and maxDoc.
+   * total frequency (terms concatenated as in {@link Batch}), and the field's maxDoc, document
+   * count, total term count and summed document frequencies.
    */
   public Statistics statistics() throws IOException {
     IndexReader reader = searcher.getIndexReader();
