@@ -58,9 +58,19 @@ def indexes() -> dict[str, Path]:
 
 
 def compare(one: list, sharded: list) -> dict:
-    differing = sum([pid for pid, _ in a] != [pid for pid, _ in b] for a, b in zip(one, sharded))
+    """Lists whose ids differ; the largest score difference rank by rank; and,
+    where ids differ, how far apart one index scored the two passages that
+    swapped places (a near-tie when tiny) and how many passages are in one
+    top k but not the other."""
+    differing = [(a, b) for a, b in zip(one, sharded) if [pid for pid, _ in a] != [pid for pid, _ in b]]
     largest = max((abs(x - y) for a, b in zip(one, sharded) for (_, x), (_, y) in zip(a, b)), default=0.0)
-    return {"lists_with_other_ids": differing, "max_score_difference": largest,
+    gaps, outside = [], 0
+    for a, b in differing:
+        scores = dict(a)
+        outside += len(set(scores) - {pid for pid, _ in b})
+        gaps += [abs(x - scores[q]) for (p, x), (q, _) in zip(a, b) if p != q and q in scores]
+    return {"lists_with_other_ids": len(differing), "max_score_difference": largest,
+            "max_score_gap_of_swapped_passages": max(gaps, default=0.0), "passages_in_one_top_k_only": outside,
             "hits": sum(map(len, sharded)), "hits_one_index": sum(map(len, one))}
 
 
@@ -108,6 +118,16 @@ def latency(paths, texts, ray_address, repeats: int) -> dict:
         for name in ("2 shards in process", "2 shards on ray"):
             figures[f"{kind.name} {name} / one index (median)"] = round(
                 figures[f"{kind.name} {name} median ms"] / figures[f"{kind.name} one index median ms"], 2)
+        if kind is BM25:  # what one call to a shard actor costs here, doing nothing
+            import ray
+
+            actor = stages["2 shards on ray"]._shards.actors[0]
+            round_trips = []
+            for _ in range(200):
+                start = time.perf_counter()
+                ray.get(actor.node.remote())
+                round_trips.append(time.perf_counter() - start)
+            figures["ray actor round trip median ms"] = round(1000 * statistics.median(round_trips), 2)
         for stage in stages.values():
             if stage._shards is not None:
                 stage._shards.close()

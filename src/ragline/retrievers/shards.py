@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any, Literal
@@ -148,8 +149,12 @@ class _SharedActors:
                 key = (folders, ray.get_runtime_context().get_job_id())
                 actors, users = self._actors.get(key, (None, 0))
                 if actors is None:
-                    # One CPU slot each, one per node while nodes are free (SPREAD).
-                    remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD", runtime_env={"env_vars": JVM_SAFE},
+                    # One CPU slot each (a share of one where the cluster has fewer
+                    # slots than shards: every shard must be placed), one per node
+                    # while nodes are free (SPREAD).
+                    slots = ray.cluster_resources().get("CPU", 1.0)
+                    cpus = 1.0 if slots >= len(folders) else math.floor(100 * slots / len(folders)) / 100
+                    remote = ray.remote(num_cpus=cpus, scheduling_strategy="SPREAD", runtime_env={"env_vars": JVM_SAFE},
                                         **FAULT_TOLERANCE)(ShardActor)
                     actors = [remote.remote(number) for number in range(len(folders))]
                 self._actors[key] = (actors, users + 1)
