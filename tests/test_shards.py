@@ -271,6 +271,10 @@ def test_the_command_line_builds_and_searches_a_sharded_index(tmp_path, vaswani_
     assert found.returncode == 0, found.stderr
     expected = retrieval_pipeline(str(hybrid_index), "auto", k=5).run(["magnetic field of the earth"])[0]
     assert [h["id"] for h in json.loads(found.stdout)["ranking"]] == [h.id for h in expected.ranking]
+    only_bm25 = ragline("query", tmp_path / "idx", "magnetic field of the earth", "--json", "-k", "5", "--retriever", "bm25")
+    assert only_bm25.returncode == 0, only_bm25.stderr
+    expected = retrieval_pipeline(str(hybrid_index), "bm25", k=5).run(["magnetic field of the earth"])[0]
+    assert [h["id"] for h in json.loads(only_bm25.stdout)["ranking"]] == [h.id for h in expected.ranking]
     refused = ragline("query", hybrid_index, "magnetic", "--ray", "local")
     assert refused.returncode == 2 and "is not sharded" in refused.stderr
     refused = ragline("index", vaswani_subset, "--out", tmp_path / "idx", "--update", "--shards", "3")

@@ -74,6 +74,8 @@ SPECIAL = {
     ("dense", "filter"): "lang in (en, de)",
     ("dense", "backend"): "onnx",
     ("bm25", "filter"): ["year>=2020", "not draft=true"],
+    ("bm25", "missing_shards"): "fail",
+    ("dense", "missing_shards"): "fail",
     ("attention_rag", "cue"): "question",
     ("attention_rag", "read"): "generated",
     ("sentinel", "backend"): "torch",

@@ -54,7 +54,8 @@ def retrieval_pipeline(index_path: str, retriever: str = "auto", k: int = 10, to
             raise InputError(f"the {name} retriever cannot search shards on Ray or refuse partial results "
                              f"(it takes no {' or '.join(k for k in sharding if k not in accepted)} setting)")
     if retriever != "hybrid":
-        index.component(retriever)  # a clear error if it was not built
+        if retriever not in built:
+            raise IndexNotFound(f"index {index.path} has no {retriever} component (it has: {', '.join(built)})")
         stages = [index_component(retriever).retriever(index=index_path, k=k, filter=filter, **sharding)]
     elif len(built) < 2:
         raise InputError(f"hybrid retrieval fuses several components; index {index.path} has only {built[0]}")
