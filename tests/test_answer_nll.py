@@ -125,46 +125,6 @@ def test_vllm_prompt_logprobs_arithmetic():
         mean_answer_nll(None, 3, [7, 8])
 
 
-def test_vllm_backend_scores_what_the_hf_backend_scores(tiny_lm, reference, monkeypatch):
-    """A stand-in ``vllm`` module whose engine returns prompt log-probabilities
-    as vLLM does, computed with the tiny model: the backend must ask for them
-    the documented way and turn them into the hf backend's number."""
-    from ragline.generators.hf_backend import HFGenerator
-    from ragline.generators.vllm_backend import VLLMGenerator
-
-    model, tokenizer = reference
-    requests = []
-
-    class FakeLLM:
-        def __init__(self, **options):
-            self.options = options
-
-        def get_tokenizer(self):
-            return tokenizer
-
-        def generate(self, prompts, params, use_tqdm=True):
-            requests.append((prompts, params))
-            ids = prompts[0]["prompt_token_ids"]
-            with torch.no_grad():
-                logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
-            per_position = [None]
-            for i in range(1, len(ids)):
-                best = int(logprobs[i - 1].argmax())  # vLLM adds the top token beside the prompt's own
-                per_position.append({t: types.SimpleNamespace(logprob=float(logprobs[i - 1, t])) for t in (ids[i], best)})
-            return [types.SimpleNamespace(prompt_logprobs=per_position)]
-
-    fake = types.ModuleType("vllm")
-    fake.LLM = FakeLLM
-    fake.SamplingParams = lambda **settings: settings
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-
-    scored = VLLMGenerator(tiny_lm).answer_nll(CONVERSATION, "Paris, the city")
-    assert scored == pytest.approx(HFGenerator(tiny_lm, device="cpu").answer_nll(CONVERSATION, "Paris, the city"), abs=1e-5)
-    (prompts, params), = requests
-    assert params == {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
-    assert prompts[0]["prompt_token_ids"] == prompt_ids(tokenizer, CONVERSATION) + answer_ids(tokenizer, "Paris, the city")
-
-
 def test_eval_qa_reports_answer_nll_per_question_and_with_intervals(tiny_lm, hotpotqa_path, tmp_path):
     config = tmp_path / "qa.yaml"
     # One passage, cut short: the tiny model reads 256 positions.

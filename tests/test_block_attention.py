@@ -203,6 +203,21 @@ def test_stable_prefix_shows_the_same_passages_in_one_order():
     assert Generate(**stage.to_config()).stable_prefix is True
 
 
+def test_the_vllm_backend_shows_passages_in_a_canonical_order_unless_a_stage_ordered_them():
+    from ragline.engine.types import StageTrace
+    from ragline.generators.generate import Generate
+
+    vllm, hf = Generate(backend="vllm", passages=3), Generate(passages=3)
+    assert vllm.conversation(query(passages())) == vllm.conversation(query(passages()[::-1]))
+    assert hf.conversation(query(passages())) != hf.conversation(query(passages()[::-1]))
+    ordered = [query(p) for p in (passages(), passages()[::-1])]
+    for q in ordered:
+        q.trace.append(StageTrace("attnrank", 0.1, 1, 3, 3))
+    assert vllm.conversation(ordered[0]) != vllm.conversation(ordered[1])
+    assert Generate(backend="vllm", passages=3, stable_prefix=False).conversation(query(passages()[::-1])) \
+        != vllm.conversation(query(passages()[::-1]))
+
+
 def test_store_is_safe_under_concurrent_readers(tmp_path):
     import threading
 

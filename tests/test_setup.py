@@ -67,15 +67,24 @@ def test_the_installed_packages_are_exactly_the_locked_ones():
     assert not unlocked, f"installed but not in the locks: {sorted(unlocked)}"
 
 
-def test_the_repository_root_shadows_no_installed_module():
+def test_the_repository_root_shadows_no_installed_module(tmp_path):
     # `python -c` puts the working directory first on sys.path: from the root,
     # every module must still come from the installed packages (transformers
-    # imports Hugging Face's `kernels`, once shadowed by a root kernels/).
-    probe = ("import json, kernels, ragline, transformers; "
-             "print(json.dumps([kernels.__file__, ragline.__file__]))")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    kernels_file, ragline_file = (Path(p) for p in __import__("json").loads(result.stdout))
-    assert "site-packages" in kernels_file.parts
-    assert ragline_file.is_relative_to(REPO / "src" / "ragline")
+    # 5.2x imported Hugging Face's `kernels`, once shadowed by a root kernels/).
+    names = sorted({path.stem for path in REPO.iterdir() if path.suffix in ("", ".py") and path.stem.isidentifier()}
+                   | {"ragline", "transformers", "vllm"})
+    probe = ("import importlib.util, json, sys; "
+             "specs = {n: importlib.util.find_spec(n) for n in sys.argv[1:]}; "
+             "print(json.dumps({n: s and (s.origin or list(s.submodule_search_locations)) for n, s in specs.items()}))")
+
+    def where(cwd: Path) -> dict:
+        result = subprocess.run([sys.executable, "-c", probe, *names], cwd=cwd, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        return __import__("json").loads(result.stdout)
+
+    elsewhere, from_root = where(tmp_path), where(REPO)
+    installed = {name for name, origin in elsewhere.items() if origin}
+    assert {name: from_root[name] for name in installed} == {name: elsewhere[name] for name in installed}
+    assert Path(from_root["ragline"]).is_relative_to(REPO / "src" / "ragline")
     assert not (REPO / "__init__.py").exists()

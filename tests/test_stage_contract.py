@@ -97,6 +97,8 @@ def non_default(stage: str, name: str, parameter: inspect.Parameter):
         return 3
     if default is None and ("float" in annotation or "Fraction" in annotation):
         return 0.5
+    if default is None and annotation.startswith("bool"):
+        return True
     if isinstance(default, bool):
         return not default
     if isinstance(default, int):

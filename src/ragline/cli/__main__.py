@@ -2,4 +2,5 @@
 
 from ragline.cli.main import main
 
-main()
+if __name__ == "__main__":  # not again in the processes vLLM spawns
+    main()

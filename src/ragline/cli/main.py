@@ -419,6 +419,10 @@ def main() -> None:
     # No "Loading weights" bars from transformers or the hub: read when they
     # are imported, which only the verbs that load a model do.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # vLLM logs every step of its start to stdout, where answers and --json
+    # go: its warnings go to stderr instead (its engine processes inherit this).
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     signal.signal(signal.SIGTERM, _terminate)
     try:
         for plugin in entry_points(group="ragline.cli"):

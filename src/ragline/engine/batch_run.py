@@ -15,8 +15,8 @@ store held in memory (``MemoryStore``) travels whole.
 
 GPUs: every actor gets one where the cluster has them; a ``generate`` stage
 on the vllm backend runs one vLLM engine per actor (its
-``tensor_parallel_size`` GPUs each), through the same backend as in one
-process (generators/vllm_backend.py). Stages are rebuilt on the actors by
+``tensor_parallel_size`` GPUs each, or vLLM's CPU build on a cluster without
+GPUs), through the same backend as in one process (generators/vllm_backend.py). Stages are rebuilt on the actors by
 name, so they must be installed there (entry points), not registered from code.
 """
 
@@ -29,7 +29,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ragline.engine.errors import ConfigError
 from ragline.engine.index.docstore import DocStore
 from ragline.engine.pipeline import Pipeline
 from ragline.engine.registry import STAGES, lookup
@@ -178,12 +177,10 @@ def _open_store(path: str, stores: dict[str, Any]):
 
 def _gpus_per_actor(pipeline: Pipeline, gpus_in_cluster: int) -> int:
     """A GPU per actor where the cluster has GPUs; a vLLM engine wants its
-    ``tensor_parallel_size`` of them, and cannot run without."""
+    ``tensor_parallel_size`` of them. Without GPUs each actor's vLLM engine
+    is the CPU build's, on the actor's CPU slots."""
     vllm = [stage.to_config(with_defaults=True) for stage in pipeline.stages
             if stage.to_config(with_defaults=True).get("backend") == "vllm"]
-    if vllm and not gpus_in_cluster:
-        raise ConfigError("the vllm backend runs one engine per Ray actor on its own GPU, and the Ray cluster has none; "
-                          "use the hf backend, or a cluster with GPUs")
-    if vllm:
+    if vllm and gpus_in_cluster:
         return max(int((config.get("options") or {}).get("tensor_parallel_size", 1)) for config in vllm)
     return 1 if gpus_in_cluster else 0

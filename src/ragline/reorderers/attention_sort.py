@@ -23,6 +23,7 @@ from ragline.engine.types import Query
 
 class AttentionSort(Stage):
     name = "attention_sort"
+    orders_passages = True
 
     def __init__(self, model: str = DEFAULT_GENERATOR, passages: PositiveInt = 5, rounds: PositiveInt = 1,
                  per_token: bool = False, cite: bool = True, system_prompt: str | None = None,

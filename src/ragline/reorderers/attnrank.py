@@ -75,6 +75,7 @@ def basin_order(relevance_ranked: list, profile: np.ndarray) -> list:
 
 class AttnRank(Stage):
     name = "attnrank"
+    orders_passages = True
 
     def __init__(self, profile: str, passages: PositiveInt = 5, model: str = DEFAULT_GENERATOR, cite: bool = True,
                  system_prompt: str | None = None):
