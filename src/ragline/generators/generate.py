@@ -50,7 +50,7 @@ class Generate(Stage):
         """``options`` go to the backend, checked against its constructor:
         ``device``, ``dtype``, ``batch_size`` (hf); ``dtype``,
         ``gpu_memory_utilization``, ``max_model_len``, ``tensor_parallel_size``,
-        ``prefix_caching``, ``enforce_eager`` (vllm); ``url``, ``timeout``, ``retries``,
+        ``prefix_caching``, ``enforce_eager``, ``reserved_cores`` (vllm); ``url``, ``timeout``, ``retries``,
         ``backoff``, ``concurrency``, ``api_key_env`` (http).
 
         ``kv_reuse`` (hf backend; see ``generators/kv_reuse/passage_reuse.py``);

@@ -22,7 +22,10 @@ before it comes back with the prompt.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -30,7 +33,7 @@ from ragline.engine.errors import RaglineError
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
 from ragline.engine.lm.prompt_spans import prompt_ids
 from ragline.engine.optional import import_optional
-from ragline.engine.settings import Fraction, PositiveInt
+from ragline.engine.settings import Fraction, NonNegativeInt, PositiveInt
 from ragline.generators.backend import Conversation, Generation, GeneratorBackend, Sampling
 
 # On a CPU, vLLM's "GPU memory" share is the share of host memory it reserves
@@ -39,6 +42,10 @@ from ragline.generators.backend import Conversation, Generation, GeneratorBacken
 # window for the packaged models many times over.
 CPU_MEMORY_SHARE = 0.15
 GPU_MEMORY_SHARE = 0.85
+# On x86 CPUs vLLM keeps one core per worker for its scheduler process, which
+# leaves a 2-core machine's model one thread: SmolLM2 answered 41 HotpotQA
+# questions in 168.6 s so, 82.4 s with both cores (benchmarks/vllm_engine.py).
+RESERVED_CORES_VARIABLE = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
 class VLLMGenerator(GeneratorBackend):
@@ -46,13 +53,17 @@ class VLLMGenerator(GeneratorBackend):
 
     def __init__(self, model: str, dtype: str = "auto", gpu_memory_utilization: Fraction | None = None,
                  max_model_len: PositiveInt | None = None, tensor_parallel_size: PositiveInt = 1,
-                 prefix_caching: bool = True, enforce_eager: bool | None = None):
+                 prefix_caching: bool = True, enforce_eager: bool | None = None,
+                 reserved_cores: NonNegativeInt | None = None):
         """``dtype`` auto: the model's own on a GPU, float32 on a CPU (the hf
         backend's choice there, so both answer alike). ``gpu_memory_utilization``:
         the share of accelerator memory (on a CPU, of host memory) for weights
         and KV cache; default 0.85 on a GPU, 0.15 on a CPU. ``enforce_eager``:
         skip torch.compile; default on for a CPU, where compiling takes
-        minutes (406 s vs 50 s to load SmolLM2-135M, docs/usage.md)."""
+        minutes (406 s vs 50 s to load SmolLM2-135M, docs/usage.md).
+        ``reserved_cores``: CPU cores vLLM's CPU build keeps from the model
+        for its scheduler; default 0 (vLLM's own default, 1, halved the
+        throughput on 2 cores), or what ``VLLM_CPU_NUM_OF_RESERVED_CPU`` says."""
         self.model = canonical_model_id(model)
         self.dtype = dtype
         self.gpu_memory_utilization = gpu_memory_utilization
@@ -60,9 +71,13 @@ class VLLMGenerator(GeneratorBackend):
         self.tensor_parallel_size = tensor_parallel_size
         self.prefix_caching = prefix_caching
         self.enforce_eager = enforce_eager
+        self.reserved_cores = reserved_cores
         self.llm = None
         self.tokenizer = None
         self._request_numbers = itertools.count()
+        # One caller steps the engine at a time: a second loop would take the
+        # first one's outputs (``ragline serve`` generates from several threads).
+        self._engine_lock = threading.Lock()
 
     def engine_options(self, on_gpu: bool) -> dict:
         """The keyword arguments of ``vllm.LLM`` for this machine."""
@@ -86,11 +101,18 @@ class VLLMGenerator(GeneratorBackend):
         # vLLM starts its engine in a spawned process: a script that builds
         # this backend at import time (no ``if __name__ == "__main__":``)
         # would build it again in the child; ragline's own entry points are guarded.
-        self.llm = vllm.LLM(**self.engine_options(torch.cuda.is_available()))
+        on_gpu = torch.cuda.is_available()
+        with _environment(self._engine_environment(on_gpu)):  # read by the engine processes it starts
+            self.llm = vllm.LLM(**self.engine_options(on_gpu))
         self.tokenizer = self.llm.get_tokenizer()
         # At exit, multiprocessing waits for the engine's process, which stops
         # only when told: tell it first (atexit runs the last registered first).
         atexit.register(self.close)
+
+    def _engine_environment(self, on_gpu: bool) -> dict[str, str]:
+        if on_gpu or (self.reserved_cores is None and RESERVED_CORES_VARIABLE in os.environ):
+            return {}
+        return {RESERVED_CORES_VARIABLE: str(self.reserved_cores or 0)}
 
     def close(self) -> None:
         """Stop the engine's process and free the memory it reserved."""
@@ -137,6 +159,10 @@ class VLLMGenerator(GeneratorBackend):
         params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                 top_p=sampling.top_p, seed=sampling.seed, stop=list(sampling.stop) or None,
                                 output_kind=RequestOutputKind.DELTA)
+        with self._engine_lock:
+            return self._step_until_done(prompts, params, on_text)
+
+    def _step_until_done(self, prompts: list[list[int]], params, on_text) -> list[Generation]:
         engine = self.llm.llm_engine
         started = time.perf_counter()
         # Outputs carry the id given here; vLLM extends it inside (aborts take that one).
@@ -172,8 +198,24 @@ class VLLMGenerator(GeneratorBackend):
                                f"exceed vLLM's window for {self.model} ({self.window})")
         # prompt_logprobs=0: only each sequence token's own log-probability.
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        output = self.llm.generate([{"prompt_token_ids": prompt + answer_ids}], params, use_tqdm=False)[0]
+        with self._engine_lock:
+            output = self.llm.generate([{"prompt_token_ids": prompt + answer_ids}], params, use_tqdm=False)[0]
         return mean_answer_nll(output.prompt_logprobs, len(prompt), answer_ids)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """``values`` set in this process's environment for the block, then put back."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class _Stream:

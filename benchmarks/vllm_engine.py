@@ -18,9 +18,10 @@ prompt, rendered by ragline's chat template code, as token ids).
 Model loads are timed but not in the rates. In process (one Python process;
 ``ragline ask --backend vllm`` adds its start-up and the engine's load).
 
-    python benchmarks/vllm.py [--model SmolLM2-135M-Instruct] [--questions 41]
+    python benchmarks/vllm_engine.py [--model SmolLM2-135M-Instruct] [--questions 41]
 
-Prints one line per step, then one JSON line with every figure.
+Prints one line per step, then one JSON line with every figure. (Not named
+vllm.py: run as a script, it would shadow the vllm package.)
 """
 
 from __future__ import annotations
