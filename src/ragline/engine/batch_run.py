@@ -16,8 +16,9 @@ store held in memory (``MemoryStore``) travels whole.
 GPUs: every actor gets one where the cluster has them; a ``generate`` stage
 on the vllm backend runs one vLLM engine per actor (its
 ``tensor_parallel_size`` GPUs each, or vLLM's CPU build on a cluster without
-GPUs), through the same backend as in one process (generators/vllm_backend.py). Stages are rebuilt on the actors by
-name, so they must be installed there (entry points), not registered from code.
+GPUs), through the same backend as in one process
+(generators/vllm_backend.py). Stages are rebuilt on the actors by name, so
+they must be installed there (entry points), not registered from code.
 """
 
 from __future__ import annotations

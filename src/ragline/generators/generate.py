@@ -1,8 +1,8 @@
 """The ``generate`` stage: prompt the language model with the question and its
 top passages (or a compressor's context) and attach the answer.
 
-Backends: ``hf`` (transformers, the CPU default), ``vllm`` (vLLM's engine, GPU or CPU), ``http``
-(any OpenAI-compatible server). Each query's trace entry records the backend,
+Backends: ``hf`` (transformers, the CPU default), ``vllm`` (vLLM's engine,
+GPU or CPU), ``http`` (any OpenAI-compatible server). Each query's trace entry records the backend,
 prompt and completion tokens and the time to first token.
 """
 
@@ -50,8 +50,9 @@ class Generate(Stage):
         """``options`` go to the backend, checked against its constructor:
         ``device``, ``dtype``, ``batch_size`` (hf); ``dtype``,
         ``gpu_memory_utilization``, ``max_model_len``, ``tensor_parallel_size``,
-        ``prefix_caching``, ``enforce_eager``, ``reserved_cores`` (vllm); ``url``, ``timeout``, ``retries``,
-        ``backoff``, ``concurrency``, ``api_key_env`` (http).
+        ``prefix_caching``, ``enforce_eager``, ``reserved_cores`` (vllm);
+        ``url``, ``timeout``, ``retries``, ``backoff``, ``concurrency``,
+        ``api_key_env`` (http).
 
         ``kv_reuse`` (hf backend; see ``generators/kv_reuse/passage_reuse.py``);
         ``kv_options``, checked against ``PassageKVReuse``'s constructor:
