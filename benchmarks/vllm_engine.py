@@ -15,10 +15,13 @@ prompt, rendered by ragline's chat template code, as token ids).
    second question (warm: the system prompt and passages come from the
    cache). Median TTFT cold and warm, one request at a time.
 
-Model loads are timed but not in the rates. In process (one Python process;
-``ragline ask --backend vllm`` adds its start-up and the engine's load).
+Both steps run once per vLLM engine of ``--block-sizes`` (tokens per
+KV-cache block; vLLM's prefix cache reuses whole blocks only), one engine
+after another, against one hf run. Model loads are timed but not in the
+rates. In process (one Python process; ``ragline ask --backend vllm`` adds
+its start-up and the engine's load).
 
-    python benchmarks/vllm_engine.py [--model SmolLM2-135M-Instruct] [--questions 41]
+    python benchmarks/vllm_engine.py [--model SmolLM2-135M-Instruct] [--questions 41] [--block-sizes 128 32]
 
 Prints one line per step, then one JSON line with every figure. (Not named
 vllm.py: run as a script, it would shadow the vllm package.)
@@ -57,6 +60,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=41)
     parser.add_argument("--hf-batch", type=int, default=8)
     parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--block-sizes", type=int, nargs="+", default=[128, 32],
+                        help="vLLM engines to measure, one after another, by KV-cache block size (0: the backend's default)")
     args = parser.parse_args()
 
     from ragline.engine.data.hotpotqa import read_hotpotqa, split_by_question
@@ -77,54 +82,65 @@ def main() -> None:
     started = time.perf_counter()
     hf.warm_up()
     figures["hf_load_seconds"] = round(time.perf_counter() - started, 1)
-    vllm = make_backend("vllm", args.model, max_model_len=args.max_model_len)
+    log(f"loaded: hf {figures['hf_load_seconds']} s")
+    hf.generate(conversations[:1], greedy)  # a first call's costs stay out of the rate
+    figures["load_average_before_hf"] = round(os.getloadavg()[0], 2)
+    started = time.perf_counter()
+    hf_answers = hf.generate(conversations, greedy)
+    hf_seconds = time.perf_counter() - started
+    figures["hf_questions_per_second"] = round(len(chosen) / hf_seconds, 3)
+    figures["hf_f1"] = round(statistics.fmean(f1_score(g.text, q.answer) for g, q in zip(hf_answers, chosen)), 4)
+    log(f"hf: {len(chosen)} questions in {hf_seconds:.1f} s")
+    for block_size in args.block_sizes:
+        figures.update(measure_vllm(args, block_size, conversations, follow_ups, greedy, chosen, hf_answers, hf_seconds))
+    figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(figures))
+
+
+def measure_vllm(args, block_size: int, conversations, follow_ups, greedy, chosen, hf_answers, hf_seconds: float) -> dict:
+    """One vLLM engine (``block_size`` 0: the backend's default): its batch
+    throughput against the hf backend's, equal answers, and TTFT cold vs warm."""
+    from ragline.eval.qa import f1_score
+    from ragline.generators.backend_registry import make_backend
+
+    label = f"vllm_block_{block_size or 'default'}"
+    figures: dict = {}
+    vllm = make_backend("vllm", args.model, max_model_len=args.max_model_len, block_size=block_size or None)
     started = time.perf_counter()
     vllm.warm_up()
-    figures["vllm_load_seconds"] = round(time.perf_counter() - started, 1)
-    log(f"loaded: hf {figures['hf_load_seconds']} s, vLLM {figures['vllm_load_seconds']} s")
-
-    # One short warm-up request each, so neither rate includes first-call costs.
-    hf.generate(conversations[:1], greedy)
-    vllm.generate(follow_ups[:1], greedy)
+    figures[f"{label}_load_seconds"] = round(time.perf_counter() - started, 1)
+    figures[f"{label}_block_size"] = vllm.llm.llm_engine.vllm_config.cache_config.block_size
+    vllm.generate(follow_ups[:1], greedy)  # a first call's costs stay out of the rate
     vllm.llm.reset_prefix_cache()
-
-    timings = {}
-    answers = {}
-    for name, backend in (("hf", hf), ("vllm", vllm)):
-        figures[f"load_average_before_{name}"] = round(os.getloadavg()[0], 2)
-        started = time.perf_counter()
-        answers[name] = backend.generate(conversations, greedy)
-        timings[name] = time.perf_counter() - started
-        figures[f"{name}_questions_per_second"] = round(len(chosen) / timings[name], 3)
-        log(f"{name}: {len(chosen)} questions in {timings[name]:.1f} s")
-    figures["throughput_vllm_over_hf"] = round(timings["hf"] / timings["vllm"], 2)
-    same_text = [a.text == b.text for a, b in zip(answers["hf"], answers["vllm"])]
-    same_tokens = [a.completion_tokens == b.completion_tokens for a, b in zip(answers["hf"], answers["vllm"])]
-    figures["answers_equal"] = sum(same_text)
-    figures["answer_token_counts_equal"] = sum(same_tokens)
-    figures["differing_answers"] = [{"question": q.id, "hf": a.text, "vllm": b.text}
-                                    for q, a, b, same in zip(chosen, answers["hf"], answers["vllm"], same_text) if not same]
-    for name in answers:
-        figures[f"{name}_f1"] = round(statistics.fmean(f1_score(g.text, q.answer) for g, q in zip(answers[name], chosen)), 4)
+    figures[f"{label}_load_average_before"] = round(os.getloadavg()[0], 2)
+    started = time.perf_counter()
+    answers = vllm.generate(conversations, greedy)
+    seconds = time.perf_counter() - started
+    figures[f"{label}_questions_per_second"] = round(len(chosen) / seconds, 3)
+    figures[f"{label}_throughput_over_hf"] = round(hf_seconds / seconds, 2)
+    same = [a.text == b.text and a.completion_tokens == b.completion_tokens for a, b in zip(hf_answers, answers)]
+    figures[f"{label}_answers_equal"] = sum(same)
+    figures[f"{label}_differing_answers"] = [{"question": q.id, "hf": a.text, "vllm": b.text}
+                                             for q, a, b, equal in zip(chosen, hf_answers, answers, same) if not equal]
+    figures[f"{label}_f1"] = round(statistics.fmean(f1_score(g.text, q.answer) for g, q in zip(answers, chosen)), 4)
+    log(f"{label}: {len(chosen)} questions in {seconds:.1f} s ({figures[f'{label}_throughput_over_hf']}× hf), "
+        f"{sum(same)} answers equal")
 
     cold, warm, cached = [], [], []
-    vllm.llm.reset_prefix_cache()
-    figures["load_average_before_ttft"] = round(os.getloadavg()[0], 2)
     for first, second in zip(conversations, follow_ups):
         vllm.llm.reset_prefix_cache()
         cold.append(vllm.generate([first], greedy)[0].ttft)
         again = vllm.generate([second], greedy)[0]
         warm.append(again.ttft)
         cached.append(again.cached_tokens / again.prompt_tokens)
-    figures["vllm_ttft_cold_median_s"] = round(statistics.median(cold), 4)
-    figures["vllm_ttft_warm_median_s"] = round(statistics.median(warm), 4)
-    figures["vllm_ttft_warm_speedup"] = round(statistics.median(cold) / statistics.median(warm), 2)
-    figures["vllm_warm_prompt_share_cached"] = round(statistics.fmean(cached), 3)
-    log(f"vLLM TTFT cold {figures['vllm_ttft_cold_median_s']} s, warm {figures['vllm_ttft_warm_median_s']} s "
-        f"({figures['vllm_ttft_warm_speedup']}×, {figures['vllm_warm_prompt_share_cached']:.0%} of the prompt cached)")
+    figures[f"{label}_ttft_cold_median_s"] = round(statistics.median(cold), 4)
+    figures[f"{label}_ttft_warm_median_s"] = round(statistics.median(warm), 4)
+    figures[f"{label}_ttft_warm_speedup"] = round(statistics.median(cold) / statistics.median(warm), 2)
+    figures[f"{label}_warm_prompt_share_cached"] = round(statistics.fmean(cached), 3)
+    log(f"{label}: TTFT cold {figures[f'{label}_ttft_cold_median_s']} s, warm {figures[f'{label}_ttft_warm_median_s']} s "
+        f"({figures[f'{label}_ttft_warm_speedup']}×, {figures[f'{label}_warm_prompt_share_cached']:.0%} of the prompt cached)")
     vllm.close()
-    figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":

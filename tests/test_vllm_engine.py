@@ -38,14 +38,17 @@ def conversation(question: str) -> list[dict]:
 
 @pytest.fixture(scope="module", params=["SmolLM2-135M-Instruct", "gemma-3-270m"])
 def backends(request):
-    """The model's hf backend and its vLLM engine (512-token window)."""
+    """The model's hf backend and its vLLM engine (512-token window). SmolLM2's
+    engine has ragline's layout connector too (one engine start serves every
+    test; requests without a layout never reach it); Gemma 3 cannot have it
+    (its sliding-window layers are a second KV-cache group)."""
     model = request.param
     if model == "gemma-3-270m":
         request.getfixturevalue("gemma3_folder")
     else:
         request.getfixturevalue("smollm2_folder")
     hf = make_backend("hf", model, device="cpu")
-    vllm = make_backend("vllm", model, max_model_len=512)
+    vllm = make_backend("vllm", model, max_model_len=512, layout_connector=model != "gemma-3-270m")
     vllm.warm_up()
     yield hf, vllm
     vllm.close()
@@ -105,6 +108,54 @@ def test_a_prompt_longer_than_the_window_is_a_clear_error(backends):
         vllm.generate([long], GREEDY)
     with pytest.raises(RaglineError, match="exceed vLLM's window"):
         vllm.answer_nll(long, "yes")
+
+
+def test_a_passage_block_layout_through_the_kv_connector_answers_and_scores_as_the_hf_block_mode(backends, tmp_path):
+    """ragline's block store feeding vLLM's paged cache: the hf backend's own
+    layout of the passages' blocks (each prefilled alone, keys rotated into
+    place) is written into vLLM's cache, vLLM prefills only the question, and
+    answers and likelihoods equal the hf backend's ``kv_reuse: block`` — not
+    those of an ordinary prefill of the same tokens."""
+    from ragline.engine.lm.prompts import PromptBuilder
+    from ragline.engine.types import Passage
+    from ragline.generators.kv_reuse.block_prompt import block_prompt
+    from ragline.generators.kv_reuse.layout_file import save_layout
+    from ragline.generators.kv_reuse.passage_reuse import PassageKVReuse
+
+    hf, vllm = backends
+    if not vllm.layout_connector:
+        pytest.skip("Gemma 3's sliding-window layers are a second KV-cache group, which the connector does not take")
+    passages = [Passage(f"p{i}", f"d{i}", text.split("] ", 1)[1]) for i, text in enumerate(PASSAGES)]
+    builder, reuse = PromptBuilder(), PassageKVReuse(hf, mode="block")
+    reuse.warm_up()
+    for number, (question, answer) in enumerate(zip(QUESTIONS[:2], ["Paris", "5,895 metres"])):
+        prompt = block_prompt(hf.tokenizer, builder, question, passages)
+        expected, _ = reuse.generate(builder, question, passages, GREEDY)
+        layout, _ = reuse.layout_for(prompt, len(prompt.final) + GREEDY.max_new_tokens)
+        saved = save_layout(layout, tmp_path / f"{number}.safetensors")
+        got = vllm.generate_ids(prompt.all_ids, GREEDY, layout=saved)
+        assert (got.text, got.completion_tokens) == (expected.text, expected.completion_tokens)
+        assert got.cached_tokens >= layout.length  # read from the layout, not prefilled
+        answer_ids = list(hf.tokenizer(answer, add_special_tokens=False)["input_ids"])
+        from_layout = vllm.continuation_nll(prompt.all_ids, answer_ids, saved)
+        assert from_layout == pytest.approx(reuse.answer_nll(builder, question, passages, answer_ids), abs=1e-3)
+        assert abs(from_layout - vllm.continuation_nll(prompt.all_ids, answer_ids)) > 1e-2
+        again = vllm.generate_ids(prompt.all_ids, GREEDY, layout=saved)  # the layout's blocks now in vLLM's cache
+        assert again.text == got.text
+
+
+def test_a_layout_the_engine_cannot_take_is_refused_with_the_reason(backends, tmp_path):
+    from ragline.engine.errors import ConfigError
+    from ragline.generators.kv_reuse.layout_file import LayoutFile
+
+    _, vllm = backends
+    if vllm.layout_connector:
+        pytest.skip("this engine has the connector")
+    with pytest.raises(RaglineError, match="needs the vllm backend's layout_connector option"):
+        vllm.generate_ids([1, 2, 3], GREEDY, layout=LayoutFile(tmp_path / "none", 2, "salt"))
+    # Before vLLM starts (it would fail inside its engine process).
+    with pytest.raises(ConfigError, match="sliding-window layers"):
+        make_backend("vllm", vllm.model, layout_connector=True).warm_up()
 
 
 def test_ragline_ask_answers_through_vllm_and_exits(vaswani_bm25_index, smollm2_folder):

@@ -28,12 +28,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from ragline.engine.environment import temporary_environment
-from ragline.engine.errors import RaglineError
+from ragline.engine.errors import ConfigError, RaglineError
 from ragline.engine.lm.packaged import canonical_model_id, resolve_model_source
 from ragline.engine.lm.prompt_spans import prompt_ids
 from ragline.engine.optional import import_optional
 from ragline.engine.settings import Fraction, NonNegativeInt, PositiveInt
 from ragline.generators.backend import Conversation, Generation, GeneratorBackend, Sampling
+from ragline.generators.kv_reuse.layout_file import LayoutFile
 
 # On a CPU, vLLM's "GPU memory" share is the share of host memory it reserves
 # for its KV cache up front: its GPU default (0.9) fails on a 24 GiB machine
@@ -53,7 +54,8 @@ class VLLMGenerator(GeneratorBackend):
     def __init__(self, model: str, dtype: str = "auto", gpu_memory_utilization: Fraction | None = None,
                  max_model_len: PositiveInt | None = None, tensor_parallel_size: PositiveInt = 1,
                  prefix_caching: bool = True, enforce_eager: bool | None = None,
-                 reserved_cores: NonNegativeInt | None = None):
+                 reserved_cores: NonNegativeInt | None = None, block_size: PositiveInt | None = None,
+                 layout_connector: bool = False):
         """``dtype`` auto: the model's own on a GPU, float32 on a CPU (the hf
         backend's choice there, so both answer alike). ``gpu_memory_utilization``:
         the share of accelerator memory (on a CPU, of host memory) for weights
@@ -62,7 +64,12 @@ class VLLMGenerator(GeneratorBackend):
         minutes (406 s vs 50 s to load SmolLM2-135M, docs/usage.md).
         ``reserved_cores``: CPU cores vLLM's CPU build keeps from the model
         for its scheduler; default 0 (vLLM's own default, 1, halved the
-        throughput on 2 cores), or what ``VLLM_CPU_NUM_OF_RESERVED_CPU`` says."""
+        throughput on 2 cores), or what ``VLLM_CPU_NUM_OF_RESERVED_CPU`` says.
+        ``block_size``: tokens per KV-cache block, vLLM's default when unset
+        (128 on a CPU; its CPU kernels take multiples of 32). Prefix caching
+        reuses whole blocks only. ``layout_connector``: install ragline's KV
+        connector (``kv_reuse.vllm_connector``), so that ``generate_ids``
+        and ``continuation_nll`` can start from a saved block layout."""
         self.model = canonical_model_id(model)
         self.dtype = dtype
         self.gpu_memory_utilization = gpu_memory_utilization
@@ -71,6 +78,8 @@ class VLLMGenerator(GeneratorBackend):
         self.prefix_caching = prefix_caching
         self.enforce_eager = enforce_eager
         self.reserved_cores = reserved_cores
+        self.block_size = block_size
+        self.layout_connector = layout_connector
         self.llm = None
         self.tokenizer = None
         self._request_numbers = itertools.count()
@@ -89,6 +98,12 @@ class VLLMGenerator(GeneratorBackend):
                        enforce_eager=(not on_gpu) if self.enforce_eager is None else self.enforce_eager)
         if self.max_model_len:
             options["max_model_len"] = self.max_model_len
+        if self.block_size:
+            options["block_size"] = self.block_size
+        if self.layout_connector:
+            from ragline.generators.kv_reuse.vllm_connector import connector_config
+
+            options["kv_transfer_config"] = connector_config()
         return options
 
     def warm_up(self) -> None:
@@ -101,6 +116,8 @@ class VLLMGenerator(GeneratorBackend):
         # this backend at import time (no ``if __name__ == "__main__":``)
         # would build it again in the child; ragline's own entry points are guarded.
         on_gpu = torch.cuda.is_available()
+        if self.layout_connector:
+            _refuse_sliding_window_layers(self.model)
         if on_gpu:
             self.llm = vllm.LLM(**self.engine_options(on_gpu))
         else:  # read by the engine processes it starts; a value set outside wins unless the option is given
@@ -137,6 +154,21 @@ class VLLMGenerator(GeneratorBackend):
         self.warm_up()
         return self._run([self.prompt_ids(conversation)], sampling, on_text)[0]
 
+    def generate_ids(self, prompt: list[int], sampling: Sampling, on_text: Callable[[str], None] | None = None,
+                     layout: LayoutFile | None = None) -> Generation:
+        """One prompt given as token ids; with ``layout``, its first
+        ``layout.tokens`` come from that saved block layout (``layout_connector``)
+        and only the rest is prefilled."""
+        self.warm_up()
+        return self._run([prompt], sampling, on_text, self._layout_args(layout))[0]
+
+    def _layout_args(self, layout: LayoutFile | None) -> dict:
+        if layout is None:
+            return {}
+        if not self.layout_connector:
+            raise RaglineError("a block layout needs the vllm backend's layout_connector option")
+        return {"cache_salt": layout.salt, "extra_args": {"kv_transfer_params": layout.transfer_params()}}
+
     def check_window(self, prompts: list[list[int]], sampling: Sampling) -> None:
         longest = max(len(p) for p in prompts)
         if longest + sampling.max_new_tokens > self.window:
@@ -146,28 +178,30 @@ class VLLMGenerator(GeneratorBackend):
                 "retrieve fewer passages or compress the context"
             )
 
-    def _run(self, prompts: list[list[int]], sampling: Sampling,
-             on_text: Callable[[str], None] | None) -> list[Generation]:
+    def _run(self, prompts: list[list[int]], sampling: Sampling, on_text: Callable[[str], None] | None,
+             layout_args: dict | None = None) -> list[Generation]:
         """All prompts as one batch of engine requests, stepped until every one
-        finishes; ``on_text`` (one prompt only) gets each new piece of text."""
+        finishes; ``on_text`` (one prompt only) gets each new piece of text;
+        ``layout_args`` (``_layout_args``) start them from a saved layout."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         self.check_window(prompts, sampling)
         params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                 top_p=sampling.top_p, seed=sampling.seed, stop=list(sampling.stop) or None,
-                                output_kind=RequestOutputKind.DELTA)
+                                output_kind=RequestOutputKind.DELTA, extra_args=(layout_args or {}).get("extra_args"))
         with self._engine_lock:
-            return self._step_until_done(prompts, params, on_text)
+            return self._step_until_done(prompts, params, on_text, (layout_args or {}).get("cache_salt"))
 
-    def _step_until_done(self, prompts: list[list[int]], params, on_text) -> list[Generation]:
+    def _step_until_done(self, prompts: list[list[int]], params, on_text, salt: str | None) -> list[Generation]:
         engine = self.llm.llm_engine
         started = time.perf_counter()
         # Outputs carry the id given here; vLLM extends it inside (aborts take that one).
         requests: dict[str, tuple[int, str]] = {}
         for i, prompt in enumerate(prompts):
             given = f"ragline-{next(self._request_numbers)}"
-            requests[given] = i, engine.add_request(given, {"prompt_token_ids": prompt}, params)
+            request = {"prompt_token_ids": prompt} if salt is None else {"prompt_token_ids": prompt, "cache_salt": salt}
+            requests[given] = i, engine.add_request(given, request, params)
         streams = [_Stream(on_text) for _ in prompts]
         try:
             while any(not s.finished for s in streams):
@@ -185,20 +219,45 @@ class VLLMGenerator(GeneratorBackend):
     def answer_nll(self, conversation: Conversation, answer: str) -> float:
         """Scored on the prompt ``generate`` answers from (ragline's rendering)."""
         self.warm_up()
-        from vllm import SamplingParams
-
-        prompt = self.prompt_ids(conversation)
         answer_ids = list(self.tokenizer(answer.strip(), add_special_tokens=False)["input_ids"])
         if not answer_ids:
             raise RaglineError("the answer to score has no tokens")
+        return self.continuation_nll(self.prompt_ids(conversation), answer_ids)
+
+    def continuation_nll(self, prompt: list[int], answer_ids: list[int], layout: LayoutFile | None = None) -> float:
+        """Mean negative log-likelihood per token of ``answer_ids`` after
+        ``prompt``; with ``layout``, over the prompt's saved block layout."""
+        self.warm_up()
+        from vllm import SamplingParams
+
         if len(prompt) + len(answer_ids) + 1 > self.window:
             raise RaglineError(f"the prompt ({len(prompt)} tokens) and the answer to score ({len(answer_ids)}) "
                                f"exceed vLLM's window for {self.model} ({self.window})")
-        # prompt_logprobs=0: only each sequence token's own log-probability.
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        extra = self._layout_args(layout)
+        # prompt_logprobs=0: only each sequence token's own log-probability. vLLM
+        # reads no cache for such a request unless told to; a layout is read
+        # (the positions it fills get placeholder entries, never read here), and
+        # their placeholder ids are not detokenised.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, extra_args=extra.get("extra_args"),
+                                **({"skip_reading_prefix_cache": False, "detokenize": False} if layout else {}))
+        request = {"prompt_token_ids": prompt + answer_ids}
+        if layout is not None:
+            request["cache_salt"] = extra["cache_salt"]
         with self._engine_lock:
-            output = self.llm.generate([{"prompt_token_ids": prompt + answer_ids}], params, use_tqdm=False)[0]
+            output = self.llm.generate([request], params, use_tqdm=False)[0]
         return mean_answer_nll(output.prompt_logprobs, len(prompt), answer_ids)
+
+
+def _refuse_sliding_window_layers(model: str) -> None:
+    """Before vLLM starts: the layout connector takes models whose layers all
+    attend globally (one KV-cache group); vLLM would fail inside its engine."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_source(model))
+    config = getattr(config, "text_config", None) or config
+    if "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        raise ConfigError(f"vllm: layout_connector: {model} has sliding-window layers, which the layout "
+                          "connector does not support yet (a second KV-cache group in vLLM)")
 
 
 class _Stream:
