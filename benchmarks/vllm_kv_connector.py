@@ -87,7 +87,7 @@ def main() -> None:
             answer_ids = list(hf.tokenizer(question.answer, add_special_tokens=False)["input_ids"])
             hf_nll = reuse.answer_nll(builder, question.question, passages, answer_ids)
             layout, _ = reuse.layout_for(prompt, len(prompt.final) + sampling.max_new_tokens)
-            saved = save_layout(layout, Path(scratch) / f"{number}.safetensors")
+            saved = save_layout(layout, prompt.all_ids, Path(scratch) / f"{number}.safetensors")
             got = engine.generate_ids(prompt.all_ids, sampling, layout=saved)
             again = engine.generate_ids(prompt.all_ids, sampling, layout=saved)  # now from vLLM's prefix cache
             full = engine.generate_ids(prompt.all_ids, sampling)

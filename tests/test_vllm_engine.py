@@ -132,7 +132,7 @@ def test_a_passage_block_layout_through_the_kv_connector_answers_and_scores_as_t
         prompt = block_prompt(hf.tokenizer, builder, question, passages)
         expected, _ = reuse.generate(builder, question, passages, GREEDY)
         layout, _ = reuse.layout_for(prompt, len(prompt.final) + GREEDY.max_new_tokens)
-        saved = save_layout(layout, tmp_path / f"{number}.safetensors")
+        saved = save_layout(layout, prompt.all_ids, tmp_path / f"{number}.safetensors")
         got = vllm.generate_ids(prompt.all_ids, GREEDY, layout=saved)
         assert (got.text, got.completion_tokens) == (expected.text, expected.completion_tokens)
         assert got.cached_tokens >= layout.length  # read from the layout, not prefilled
@@ -142,6 +142,8 @@ def test_a_passage_block_layout_through_the_kv_connector_answers_and_scores_as_t
         assert abs(from_layout - vllm.continuation_nll(prompt.all_ids, answer_ids)) > 1e-2
         again = vllm.generate_ids(prompt.all_ids, GREEDY, layout=saved)  # the layout's blocks now in vLLM's cache
         assert again.text == got.text
+    with pytest.raises(RaglineError, match="not the start of this prompt"):
+        vllm.generate_ids([prompt.all_ids[0] + 1] + prompt.all_ids[1:], GREEDY, layout=saved)
 
 
 def test_a_layout_the_engine_cannot_take_is_refused_with_the_reason(backends, tmp_path):
@@ -152,7 +154,7 @@ def test_a_layout_the_engine_cannot_take_is_refused_with_the_reason(backends, tm
     if vllm.layout_connector:
         pytest.skip("this engine has the connector")
     with pytest.raises(RaglineError, match="needs the vllm backend's layout_connector option"):
-        vllm.generate_ids([1, 2, 3], GREEDY, layout=LayoutFile(tmp_path / "none", 2, "salt"))
+        vllm.generate_ids([1, 2, 3], GREEDY, layout=LayoutFile(tmp_path / "none", (1, 2), "salt"))
     # Before vLLM starts (it would fail inside its engine process).
     with pytest.raises(ConfigError, match="sliding-window layers"):
         make_backend("vllm", vllm.model, layout_connector=True).warm_up()

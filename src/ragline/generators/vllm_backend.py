@@ -117,6 +117,8 @@ class VLLMGenerator(GeneratorBackend):
         # would build it again in the child; ragline's own entry points are guarded.
         on_gpu = torch.cuda.is_available()
         if self.layout_connector:
+            if self.tensor_parallel_size > 1:
+                raise ConfigError("vllm: layout_connector does not support tensor_parallel_size > 1 yet")
             _refuse_sliding_window_layers(self.model)
         if on_gpu:
             self.llm = vllm.LLM(**self.engine_options(on_gpu))
@@ -160,14 +162,20 @@ class VLLMGenerator(GeneratorBackend):
         ``layout.tokens`` come from that saved block layout (``layout_connector``)
         and only the rest is prefilled."""
         self.warm_up()
-        return self._run([prompt], sampling, on_text, self._layout_args(layout))[0]
+        return self._run([prompt], sampling, on_text, self._layout_args(layout, prompt, layout and layout.salt))[0]
 
-    def _layout_args(self, layout: LayoutFile | None) -> dict:
+    def _layout_args(self, layout: LayoutFile | None, prompt: list[int], salt: str | None) -> dict:
+        """The request's ``cache_salt`` and ``extra_args`` to start from ``layout``."""
         if layout is None:
             return {}
         if not self.layout_connector:
             raise RaglineError("a block layout needs the vllm backend's layout_connector option")
-        return {"cache_salt": layout.salt, "extra_args": {"kv_transfer_params": layout.transfer_params()}}
+        if not 0 < layout.tokens < len(prompt) or tuple(prompt[:layout.tokens]) != layout.token_ids:
+            raise RaglineError(f"the layout {layout.path} holds {layout.tokens} tokens that are not the start of "
+                               f"this prompt ({len(prompt)} tokens; at least one must follow them)")
+        if not layout.path.is_file():
+            raise RaglineError(f"the layout file {layout.path} does not exist")
+        return {"cache_salt": salt, "extra_args": {"kv_transfer_params": layout.transfer_params()}}
 
     def check_window(self, prompts: list[list[int]], sampling: Sampling) -> None:
         longest = max(len(p) for p in prompts)
@@ -233,7 +241,9 @@ class VLLMGenerator(GeneratorBackend):
         if len(prompt) + len(answer_ids) + 1 > self.window:
             raise RaglineError(f"the prompt ({len(prompt)} tokens) and the answer to score ({len(answer_ids)}) "
                                f"exceed vLLM's window for {self.model} ({self.window})")
-        extra = self._layout_args(layout)
+        # A salt of its own: blocks an earlier request over the layout cached may
+        # hold answer tokens, whose log-probabilities would then not be computed.
+        extra = self._layout_args(layout, prompt, layout and f"{layout.salt}-{next(self._request_numbers)}")
         # prompt_logprobs=0: only each sequence token's own log-probability. vLLM
         # reads no cache for such a request unless told to; a layout is read
         # (the positions it fills get placeholder entries, never read here), and

@@ -23,21 +23,30 @@ TOKENS_KEY = "ragline_tokens"
 @dataclass(frozen=True)
 class LayoutFile:
     path: Path
-    tokens: int  # the prompt's first tokens that the file holds
+    token_ids: tuple[int, ...]  # the prompt's first tokens, whose keys and values the file holds
     salt: str
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
 
     def transfer_params(self) -> dict:
         """What a request carries to the connector (``kv_transfer_params``)."""
         return {PATH_KEY: str(self.path), TOKENS_KEY: self.tokens}
 
 
-def save_layout(layout, path: Path) -> LayoutFile:
-    """A ``BlockLayout``'s tokens (not its room) written to ``path``."""
+def save_layout(layout, token_ids, path: Path) -> LayoutFile:
+    """A ``BlockLayout``'s tokens (not its room) written to ``path``;
+    ``token_ids``: the prompt tokens it stands for (a prompt that does not
+    start with them is refused)."""
     import torch
     from safetensors.torch import save_file
 
     tokens = layout.length
+    if len(token_ids) < tokens:
+        raise ValueError(f"the layout holds {tokens} tokens, but only {len(token_ids)} token ids were given")
+    path = Path(path).resolve()  # read by vLLM's worker process, whatever its working directory
     keys = torch.stack([k[0, :, :tokens, :].transpose(0, 1) for k in layout.keys]).contiguous()
     values = torch.stack([v[0, :, :tokens, :].transpose(0, 1) for v in layout.values]).contiguous()
     save_file({"keys": keys, "values": values}, str(path))
-    return LayoutFile(Path(path), tokens, f"ragline-layout-{uuid.uuid4().hex}")
+    return LayoutFile(path, tuple(token_ids[:tokens]), f"ragline-layout-{uuid.uuid4().hex}")

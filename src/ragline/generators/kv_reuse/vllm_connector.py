@@ -50,7 +50,7 @@ def connector_config():
 class _Load:
     path: str
     start: int  # the first position to write: those before it are in vLLM's prefix cache already
-    tokens: int
+    end: int  # the position after the last one to write
     block_ids: list[int]
 
 
@@ -67,7 +67,10 @@ class RaglineLayoutConnector(KVConnectorBase_V1):
             raise ValueError(f"{type(self).__name__} supports models with one KV-cache group (global attention "
                              f"in every layer); this one has {len(kv_cache_config.kv_cache_groups)}")
         self.block_size = vllm_config.cache_config.block_size
-        # Scheduler side: request id → (file, first position to write, tokens).
+        # The cache write takes the model's dtype (it quantises itself for an fp8 cache).
+        self.model_dtype = vllm_config.model_config.dtype
+        # Scheduler side, for the step being scheduled: the first position each
+        # request's layout is written from, then what each claimed request loads.
         self._starts: dict[str, int] = {}
         self._claimed: dict[str, tuple[str, int, int]] = {}
 
@@ -75,7 +78,9 @@ class RaglineLayoutConnector(KVConnectorBase_V1):
 
     def get_num_new_matched_tokens(self, request, num_computed_tokens: int) -> tuple[int, bool]:
         """The layout's tokens beyond those vLLM's own prefix cache holds.
-        At least one prompt token is left to run, for the first answer token."""
+        At least one prompt token is left to run, for the first answer token.
+        Asked again for a preempted request when it resumes (from nothing
+        computed, or what the prefix cache still holds)."""
         params = request.kv_transfer_params or {}
         tokens = int(params.get(TOKENS_KEY, 0))
         if tokens <= num_computed_tokens or tokens >= request.num_prompt_tokens:
@@ -90,14 +95,19 @@ class RaglineLayoutConnector(KVConnectorBase_V1):
             self._claimed[request.request_id] = params[PATH_KEY], start, start + num_external_tokens
 
     def build_connector_meta(self, scheduler_output) -> LayoutLoads:
+        """A load for every request claimed in this step: a new one, or one
+        resumed after preemption (its blocks are all new then)."""
         loads = LayoutLoads()
         for new in scheduler_output.scheduled_new_reqs:
-            claimed = self._claimed.pop(new.req_id, None)
-            if claimed is not None:
-                loads.loads.append(_Load(*claimed, block_ids=list(new.block_ids[0])))
-        # A request claimed but not scheduled in this step claims again when it is.
-        self._claimed.clear()
-        self._starts.clear()
+            if new.req_id in self._claimed:
+                loads.loads.append(_Load(*self._claimed.pop(new.req_id), block_ids=list(new.block_ids[0])))
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            if req_id in self._claimed and req_id in cached.resumed_req_ids and cached.new_block_ids[i] is not None:
+                loads.loads.append(_Load(*self._claimed.pop(req_id), block_ids=list(cached.new_block_ids[i][0])))
+        if self._claimed:  # a claim is always scheduled in the step that made it
+            raise RuntimeError(f"layout claims not scheduled in their step: {sorted(self._claimed)}")
+        self._starts.clear()  # requests looked up but not scheduled are looked up again
         return loads
 
     # -- worker side ----------------------------------------------------
@@ -107,21 +117,22 @@ class RaglineLayoutConnector(KVConnectorBase_V1):
 
         loads = self._get_connector_metadata()
         assert isinstance(loads, LayoutLoads)
+        layers = [(_layer_number(name), layer) for name, layer in forward_context.no_compile_layers.items()
+                  if isinstance(getattr(layer, "kv_cache", None), torch.Tensor) and layer.kv_cache.numel()]
         for load in loads.loads:
             tensors = load_file(load.path)
             keys, values = tensors["keys"], tensors["values"]
-            positions = torch.arange(load.start, load.tokens)
+            for number, layer in layers:  # every layer checked before any is written
+                _check_layout(load.path, keys, values, number, load.end, layer)
+            positions = torch.arange(load.start, load.end)
             blocks = torch.tensor(load.block_ids, dtype=torch.long)
             slots = blocks[positions // self.block_size] * self.block_size + positions % self.block_size
-            for name, layer in forward_context.no_compile_layers.items():
-                cache = getattr(layer, "kv_cache", None)
-                if not isinstance(cache, torch.Tensor) or cache.numel() == 0:
-                    continue
-                number = int(LAYER_NUMBER.search(name).group(1))
-                _check_layout(load.path, keys, values, number, load.tokens, layer)
+            for number, layer in layers:
+                cache = layer.kv_cache
                 layer.impl.do_kv_cache_update(
-                    layer, keys[number, load.start:load.tokens].to(cache.device, cache.dtype),
-                    values[number, load.start:load.tokens].to(cache.device, cache.dtype), cache, slots.to(cache.device))
+                    layer, keys[number, load.start:load.end].to(cache.device, self.model_dtype),
+                    values[number, load.start:load.end].to(cache.device, self.model_dtype), cache,
+                    slots.to(cache.device))
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return  # loads are synchronous: done before the forward starts
@@ -133,10 +144,18 @@ class RaglineLayoutConnector(KVConnectorBase_V1):
         return
 
 
+def _layer_number(name: str) -> int:
+    found = LAYER_NUMBER.search(name)
+    if found is None:
+        raise ValueError(f"attention layer {name!r}: no layer number in its name to find its layout rows by")
+    return int(found.group(1))
+
+
 def _check_layout(path: str, keys: torch.Tensor, values: torch.Tensor, layer_number: int, tokens: int, layer) -> None:
-    """A layout file that does not fit the model is refused before anything is written from it."""
-    wanted = (tokens, layer.num_kv_heads, layer.head_size)
+    """A layout file that does not fit the model is refused before anything is
+    written from it (ragline checks the file before sending the request too)."""
+    wanted = (layer.num_kv_heads, layer.head_size)
     if keys.shape != values.shape or keys.dim() != 4 or layer_number >= keys.shape[0] or keys.shape[1] < tokens \
-            or tuple(keys.shape[2:]) != wanted[1:]:
+            or tuple(keys.shape[2:]) != wanted:
         raise ValueError(f"{path}: keys {tuple(keys.shape)} and values {tuple(values.shape)} do not fit layer "
-                         f"{layer_number} of this model (tokens, kv heads, head size {wanted})")
+                         f"{layer_number} of this model ({tokens} tokens, kv heads and head size {wanted})")
