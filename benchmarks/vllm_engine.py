@@ -9,7 +9,9 @@ prompt, rendered by ragline's chat template code, as token ids).
 1. Batch QA throughput: all questions as one batch, greedy, 32 tokens, on
    each backend (hf: its own batching, ``--hf-batch`` at a time; vLLM: one
    batch of engine requests). Questions per second, and whether the answers
-   are equal (text and token count), question by question.
+   are equal (text and token count), question by question; and the gold
+   answer's NLL on each backend (vLLM's from prompt log-probabilities), the
+   largest difference.
 2. Time to first token through vLLM's prefix cache: each question's passages
    asked cold (prefix cache emptied first), then the same passages with a
    second question (warm: the system prompt and passages come from the
@@ -91,15 +93,19 @@ def main() -> None:
     figures["hf_questions_per_second"] = round(len(chosen) / hf_seconds, 3)
     figures["hf_f1"] = round(statistics.fmean(f1_score(g.text, q.answer) for g, q in zip(hf_answers, chosen)), 4)
     log(f"hf: {len(chosen)} questions in {hf_seconds:.1f} s")
+    hf_nll = [hf.answer_nll(c, q.answer) for c, q in zip(conversations, chosen)]
     for block_size in args.block_sizes:
-        figures.update(measure_vllm(args, block_size, conversations, follow_ups, greedy, chosen, hf_answers, hf_seconds))
+        figures.update(measure_vllm(args, block_size, conversations, follow_ups, greedy, chosen, hf_answers, hf_seconds,
+                                    hf_nll))
     figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(figures))
 
 
-def measure_vllm(args, block_size: int, conversations, follow_ups, greedy, chosen, hf_answers, hf_seconds: float) -> dict:
+def measure_vllm(args, block_size: int, conversations, follow_ups, greedy, chosen, hf_answers, hf_seconds: float,
+                 hf_nll: list[float]) -> dict:
     """One vLLM engine (``block_size`` 0: the backend's default): its batch
-    throughput against the hf backend's, equal answers, and TTFT cold vs warm."""
+    throughput against the hf backend's, equal answers, the gold answers'
+    NLL against the hf backend's, and TTFT cold vs warm."""
     from ragline.eval.qa import f1_score
     from ragline.generators.backend_registry import make_backend
 
@@ -123,8 +129,10 @@ def measure_vllm(args, block_size: int, conversations, follow_ups, greedy, chose
     figures[f"{label}_differing_answers"] = [{"question": q.id, "hf": a.text, "vllm": b.text}
                                              for q, a, b, equal in zip(chosen, hf_answers, answers, same) if not equal]
     figures[f"{label}_f1"] = round(statistics.fmean(f1_score(g.text, q.answer) for g, q in zip(answers, chosen)), 4)
+    differences = [abs(vllm.answer_nll(c, q.answer) - nll) for c, q, nll in zip(conversations, chosen, hf_nll)]
+    figures[f"{label}_largest_answer_nll_difference"] = round(max(differences), 6)
     log(f"{label}: {len(chosen)} questions in {seconds:.1f} s ({figures[f'{label}_throughput_over_hf']}× hf), "
-        f"{sum(same)} answers equal")
+        f"{sum(same)} answers equal, largest NLL difference {max(differences):.2e}")
 
     cold, warm, cached = [], [], []
     for first, second in zip(conversations, follow_ups):

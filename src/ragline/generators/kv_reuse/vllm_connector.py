@@ -15,9 +15,11 @@ that reads them. Blocks already in vLLM's prefix cache from an earlier
 request over the same layout (the same ``cache_salt``) are not written again.
 
 It runs in vLLM's engine and worker processes, which import it by module
-path (``kv_transfer_config``), and supports models with one KV-cache group
-(global attention in every layer: Llama, Qwen2 — not Gemma 3, whose
-sliding-window layers are a second group).
+path (``kv_transfer_config``), and takes one KV-cache group. With a
+connector that does not declare support for vLLM's hybrid KV-cache manager
+(this one), vLLM turns that manager off, so a model with sliding-window
+layers (Gemma 3) has one group too: those layers keep every token's keys
+and values, as ragline's layouts do, and the kernel applies the window.
 """
 
 from __future__ import annotations
