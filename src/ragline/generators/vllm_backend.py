@@ -72,9 +72,10 @@ class VLLMGenerator(GeneratorBackend):
         throughput on 2 cores), or what ``VLLM_CPU_NUM_OF_RESERVED_CPU`` says.
         ``block_size``: tokens per KV-cache block; default vLLM's own on a
         GPU, 32 on a CPU (its CPU kernels take multiples of 32; vLLM's CPU
-        default, 128, was slower). Prefix caching reuses whole blocks only. ``layout_connector``: install ragline's KV
-        connector (``kv_reuse.vllm_connector``), so that ``generate_ids``
-        and ``continuation_nll`` can start from a saved block layout."""
+        default, 128, was slower). Prefix caching reuses whole blocks only.
+        ``layout_connector``: install ragline's KV connector
+        (``kv_reuse.vllm_connector``), so that ``generate_ids`` and
+        ``continuation_nll`` can start from a saved block layout."""
         self.model = canonical_model_id(model)
         self.dtype = dtype
         self.gpu_memory_utilization = gpu_memory_utilization
@@ -121,9 +122,8 @@ class VLLMGenerator(GeneratorBackend):
         # this backend at import time (no ``if __name__ == "__main__":``)
         # would build it again in the child; ragline's own entry points are guarded.
         on_gpu = torch.cuda.is_available()
-        if self.layout_connector:
-            if self.tensor_parallel_size > 1:
-                raise ConfigError("vllm: layout_connector does not support tensor_parallel_size > 1 yet")
+        if self.layout_connector and self.tensor_parallel_size > 1:
+            raise ConfigError("vllm: layout_connector does not support tensor_parallel_size > 1 yet")
         if on_gpu:
             self.llm = vllm.LLM(**self.engine_options(on_gpu))
         else:  # read by the engine processes it starts; a value set outside wins unless the option is given
@@ -212,8 +212,7 @@ class VLLMGenerator(GeneratorBackend):
         requests: dict[str, tuple[int, str]] = {}
         for i, prompt in enumerate(prompts):
             given = f"ragline-{next(self._request_numbers)}"
-            request = {"prompt_token_ids": prompt} if salt is None else {"prompt_token_ids": prompt, "cache_salt": salt}
-            requests[given] = i, engine.add_request(given, request, params)
+            requests[given] = i, engine.add_request(given, _request(prompt, salt), params)
         streams = [_Stream(on_text) for _ in prompts]
         try:
             while any(not s.finished for s in streams):
@@ -254,12 +253,16 @@ class VLLMGenerator(GeneratorBackend):
         # their placeholder ids are not detokenised.
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, extra_args=extra.get("extra_args"),
                                 **({"skip_reading_prefix_cache": False, "detokenize": False} if layout else {}))
-        request = {"prompt_token_ids": prompt + answer_ids}
-        if layout is not None:
-            request["cache_salt"] = extra["cache_salt"]
         with self._engine_lock:
-            output = self.llm.generate([request], params, use_tqdm=False)[0]
+            output = self.llm.generate([_request(prompt + answer_ids, extra.get("cache_salt"))], params,
+                                       use_tqdm=False)[0]
         return mean_answer_nll(output.prompt_logprobs, len(prompt), answer_ids)
+
+
+def _request(prompt: list[int], salt: str | None) -> dict:
+    """An engine request of token ids; a salt keeps its cached blocks apart
+    from those of every request without the same salt."""
+    return {"prompt_token_ids": prompt} if salt is None else {"prompt_token_ids": prompt, "cache_salt": salt}
 
 
 class _Stream:
