@@ -119,6 +119,50 @@ def test_a_converted_model_damaged_in_the_cache_is_converted_again(tmp_path, mon
     assert (folder / "model.safetensors").read_bytes() == bytes(range(256)) * 64
 
 
+def test_a_model_an_earlier_conversion_made_is_converted_again(tmp_path, monkeypatch, caplog):
+    from ragline.engine.lm import packaged
+
+    monkeypatch.setenv("RAGLINE_CACHE", str(tmp_path))
+    monkeypatch.setattr(packaged, "_verified", set())
+    conversions = []
+
+    def convert(folder: Path) -> None:
+        conversions.append(folder)
+        (folder / "config.json").write_text("{}")
+
+    folder = packaged._once_into_cache("test/tiny", convert)
+    assert (folder / packaged.CONVERSION_FILE).read_text().strip() == str(packaged.CONVERSION)
+    (folder / packaged.CONVERSION_FILE).unlink()  # as a ragline from before conversions were numbered left it
+    write_manifest(folder)
+    with caplog.at_level(logging.WARNING):
+        assert packaged._once_into_cache("test/tiny", convert) == folder
+    assert len(conversions) == 2 and "made by an earlier ragline (conversion 1" in caplog.text
+    assert (folder / packaged.CONVERSION_FILE).is_file() and damage_in(folder) is None
+    assert packaged._once_into_cache("test/tiny", convert) == folder and len(conversions) == 2
+
+
+def test_a_converted_tokenizer_adds_bos_where_its_gguf_says_so(tmp_path):
+    import gguf
+
+    from ragline.engine.lm import packaged
+
+    def gguf_saying(add_bos: bool) -> Path:
+        path = tmp_path / f"bos-{add_bos}.gguf"
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_add_bos_token(add_bos)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path
+
+    tokenizer = types.SimpleNamespace(add_bos_token=False, add_eos_token=False)
+    packaged._follow_gguf_special_tokens(tokenizer, gguf_saying(True))
+    assert tokenizer.add_bos_token is True and tokenizer.add_eos_token is False  # the GGUF is silent on EOS
+    packaged._follow_gguf_special_tokens(tokenizer, gguf_saying(False))
+    assert tokenizer.add_bos_token is False
+
+
 def test_an_onnx_export_damaged_in_the_cache_is_exported_again(tmp_path, monkeypatch, caplog):
     from ragline.engine.lm import onnx_encoder
 

@@ -79,7 +79,7 @@ def test_a_gguf_joined_from_part_packages_is_converted_once_and_the_joined_file_
     folder = packaged.packaged_model_path("joined")
     assert folder == tmp_path / "models" / "org--joined" and packaged.packaged_model_path("org/joined") == folder
     assert converted == [b"GGUF"] and sorted(p.name for p in folder.iterdir()) == [
-        ".ragline-output", "config.json", "digests.json"]
+        ".ragline-output", "config.json", "digests.json", "ragline-conversion"]
     monkeypatch.setitem(packaged.PACKAGED, "org/absent", packaged.JoinedGGUF("no_such_package_here"))
     assert packaged.packaged_model_path("org/absent") is None
 

@@ -167,20 +167,43 @@ def _package_file(package: str, relative: str) -> Path | None:
 # Converted folders already checked in this process: (folder, manifest inode, mtime).
 _verified: set[tuple[str, int, int]] = set()
 
+# Which conversion made a cache entry, raised whenever a conversion changes, so
+# that a folder an earlier ragline made is made again rather than used.
+# 2: the tokenizer adds the BOS token where the GGUF says so.
+CONVERSION = 2
+CONVERSION_FILE = "ragline-conversion"
+
 
 def _once_into_cache(model_id: str, make, needed=True) -> Path | None:
     target = model_cache_dir() / model_id.replace("/", "--")
-    if (target / "config.json").exists() and _intact(target, model_id):
+    if _current(target, model_id):
         return target
     if not needed:
         return None
     with exclusive_lock(target.with_name(target.name + ".lock")):
-        if not (target / "config.json").exists() or _intact(target, model_id, quiet=True) is False:
+        if not _current(target, model_id, quiet=True):
             log.info("preparing packaged model %s in %s (once)", model_id, target)
-            with atomic_directory(target, "model cache entry") as tmp:  # replaces a damaged one whole
+            with atomic_directory(target, "model cache entry") as tmp:  # replaces a damaged or stale one whole
                 make(tmp)
+                (tmp / CONVERSION_FILE).write_text(f"{CONVERSION}\n")
                 write_manifest(tmp)
     return target
+
+
+def _current(folder: Path, model_id: str, quiet: bool = False) -> bool:
+    """Whether ``folder`` holds a model that this ragline's conversion made, intact."""
+    if not (folder / "config.json").exists():
+        return False
+    try:
+        made_by = int((folder / CONVERSION_FILE).read_text())
+    except (OSError, ValueError):
+        made_by = 1  # written before conversions were numbered
+    if made_by != CONVERSION:
+        if not quiet:
+            log.warning("the cached conversion of %s in %s was made by an earlier ragline (conversion %d, now %d): "
+                        "converting it again", model_id, folder, made_by, CONVERSION)
+        return False
+    return _intact(folder, model_id, quiet)
 
 
 def _intact(folder: Path, model_id: str, quiet: bool = False) -> bool:
@@ -287,4 +310,18 @@ def _convert_gguf(gguf: Path, tmp: Path) -> None:
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(tmp)
+    _follow_gguf_special_tokens(tokenizer, gguf)
     tokenizer.save_pretrained(tmp)
+
+
+def _follow_gguf_special_tokens(tokenizer, gguf: Path) -> None:
+    """Set the tokenizer's BOS/EOS flags to the GGUF's own. transformers 5.19
+    builds a GGUF's tokenizer without them: Gemma 3's then tokenises a plain
+    prompt without ``<bos>`` and answers nonsense."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+    for flag in ("add_bos_token", "add_eos_token"):
+        field = fields.get(f"tokenizer.ggml.{flag}")
+        if field is not None and getattr(tokenizer, flag, None) != bool(field.contents()):
+            setattr(tokenizer, flag, bool(field.contents()))  # rebuilds the tokenizer's post-processor
