@@ -11,6 +11,12 @@ Run it before you stop whenever you touched a measured path; ``--update``
 writes the figures of this run as the new baselines (after a change that
 moves them on purpose: say so in the commit).
 
+Baselines are kept per kind of CPU (its vector unit and core count): the same
+code's warm-cache speed-up was 34.8× on an AVX2 machine and 19× on one with
+AVX-512 and AMX, whose matrix units shorten the full prefill it is measured
+against. A CPU without baselines of its own is compared with nothing (the
+report says so) until ``--update`` records its figures.
+
 The benchmarks run one after another (never two at once), each in its own
 process; their progress goes to stderr. The last line is one JSON object:
 every ratio, its baseline, and the load average around each run.
@@ -64,6 +70,18 @@ def figure(figures: dict, path: str) -> float:
     return float(value)
 
 
+def cpu_kind() -> str:
+    """The key of this machine's baselines, e.g. "avx2, 2 cores"."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set())
+    except OSError:
+        pass
+    vector = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "unknown vector unit"
+    return f"{vector}{'+amx' if 'amx_tile' in flags else ''}, {os.cpu_count()} cores"
+
+
 def regressions(measured: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]],
                 tolerance: float = TOLERANCE) -> list[str]:
     """One line per ratio more than ``tolerance`` worse than its baseline."""
@@ -97,9 +115,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(CHECKS), default=list(CHECKS))
     parser.add_argument("--update", action="store_true", help="write this run's ratios as the baselines")
     args = parser.parse_args()
-    baselines = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
+    every_cpu = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
+    cpu = cpu_kind()
+    baselines = every_cpu.get(cpu, {})
+    if not baselines:
+        print(f"bench-check: no baselines for this CPU ({cpu}; baselines exist for: {', '.join(every_cpu) or 'none'}): "
+              "nothing to compare with; --update records this run's", file=sys.stderr)
     measured: dict[str, dict[str, float]] = {}
-    report: dict = {"cpu_cores": os.cpu_count(), "tolerance": TOLERANCE, "checks": {}}
+    report: dict = {"cpu": cpu, "cpu_cores": os.cpu_count(), "tolerance": TOLERANCE, "checks": {}}
     started = time.perf_counter()
     for name in args.only:
         figures, loads = run(name)
@@ -124,8 +147,8 @@ def main() -> None:
         failed = regressions(measured, baselines)
     report["regressions"] = failed
     if args.update:
-        BASELINES.write_text(json.dumps({**baselines, **measured}, indent=2) + "\n")
-        print(f"wrote {BASELINES}", file=sys.stderr)
+        BASELINES.write_text(json.dumps({**every_cpu, cpu: {**baselines, **measured}}, indent=2) + "\n")
+        print(f"wrote {BASELINES} ({cpu})", file=sys.stderr)
     print(json.dumps(report))
     if failed and not args.update:
         print("bench-check: " + "\n             ".join(failed), file=sys.stderr)

@@ -37,11 +37,18 @@ def test_figures_are_read_by_path_or_as_a_quotient():
     assert check.figure(figures, "help_wall_s / query_wall_s") == 0.25
 
 
-def test_every_check_has_a_committed_baseline_for_each_ratio():
+def test_every_check_has_a_committed_baseline_for_each_ratio_on_each_cpu():
     check = load_check()
-    baselines = json.loads((BENCHMARKS / "baselines.json").read_text())
-    assert {name: sorted(ratios) for name, (_, ratios) in check.CHECKS.items()} == \
-        {name: sorted(baselines[name]) for name in check.CHECKS}
+    every_cpu = json.loads((BENCHMARKS / "baselines.json").read_text())
+    assert "avx2, 2 cores" in every_cpu
+    for baselines in every_cpu.values():
+        assert {name: sorted(ratios) for name, (_, ratios) in check.CHECKS.items()} == \
+            {name: sorted(baselines[name]) for name in check.CHECKS}
+
+
+def test_the_cpu_kind_names_the_vector_unit_and_the_cores():
+    kind = load_check().cpu_kind()
+    assert kind.endswith(" cores") and kind.split(",")[0].split("+")[0] in {"avx2", "avx512", "unknown vector unit"}
 
 
 def test_a_regression_is_run_again_and_fails_only_when_it_repeats(tmp_path, monkeypatch, capsys):
@@ -49,8 +56,9 @@ def test_a_regression_is_run_again_and_fails_only_when_it_repeats(tmp_path, monk
 
     check = load_check()
     baselines = tmp_path / "baselines.json"
-    baselines.write_text(json.dumps({"serve": {"batching_speedup": 2.0}}))
+    baselines.write_text(json.dumps({"this cpu": {"serve": {"batching_speedup": 2.0}}}))
     monkeypatch.setattr(check, "BASELINES", baselines)
+    monkeypatch.setattr(check, "cpu_kind", lambda: "this cpu")
     monkeypatch.setattr("sys.argv", ["check.py", "--only", "serve"])
 
     def runs(*speedups):
@@ -66,3 +74,21 @@ def test_a_regression_is_run_again_and_fails_only_when_it_repeats(tmp_path, monk
         check.main()
     assert exited.value.code == 1
     assert "batching_speedup 1.2 against a baseline of 2" in capsys.readouterr().err
+
+
+def test_another_cpus_baselines_are_not_compared_and_update_records_this_ones(tmp_path, monkeypatch, capsys):
+    check = load_check()
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"that cpu": {"serve": {"batching_speedup": 9.0}}}))
+    monkeypatch.setattr(check, "BASELINES", baselines)
+    monkeypatch.setattr(check, "cpu_kind", lambda: "this cpu")
+    monkeypatch.setattr(check, "run", lambda name: ({"batching_speedup": 1.0}, [1.0, 1.0]))
+    monkeypatch.setattr("sys.argv", ["check.py", "--only", "serve"])
+    check.main()  # 1.0 against that CPU's 9.0 is no regression here
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["regressions"] == []
+    assert "no baselines for this CPU (this cpu; baselines exist for: that cpu)" in captured.err
+    monkeypatch.setattr("sys.argv", ["check.py", "--only", "serve", "--update"])
+    check.main()
+    assert json.loads(baselines.read_text()) == {"that cpu": {"serve": {"batching_speedup": 9.0}},
+                                                 "this cpu": {"serve": {"batching_speedup": 1.0}}}
