@@ -51,15 +51,21 @@ def test_the_cpu_kind_names_the_vector_unit_and_the_cores():
     assert kind.endswith(" cores") and kind.split(",")[0].split("+")[0] in {"avx2", "avx512", "unknown vector unit"}
 
 
+def check_on_this_cpu(tmp_path, monkeypatch, baselines: dict):
+    """check.py on a CPU of kind "this cpu", with ``baselines`` in a file of its own."""
+    check = load_check()
+    path = tmp_path / "baselines.json"
+    path.write_text(json.dumps(baselines))
+    monkeypatch.setattr(check, "BASELINES", path)
+    monkeypatch.setattr(check, "cpu_kind", lambda: "this cpu")
+    monkeypatch.setattr("sys.argv", ["check.py", "--only", "serve"])
+    return check, path
+
+
 def test_a_regression_is_run_again_and_fails_only_when_it_repeats(tmp_path, monkeypatch, capsys):
     import pytest
 
-    check = load_check()
-    baselines = tmp_path / "baselines.json"
-    baselines.write_text(json.dumps({"this cpu": {"serve": {"batching_speedup": 2.0}}}))
-    monkeypatch.setattr(check, "BASELINES", baselines)
-    monkeypatch.setattr(check, "cpu_kind", lambda: "this cpu")
-    monkeypatch.setattr("sys.argv", ["check.py", "--only", "serve"])
+    check, _ = check_on_this_cpu(tmp_path, monkeypatch, {"this cpu": {"serve": {"batching_speedup": 2.0}}})
 
     def runs(*speedups):
         figures = iter([{"batching_speedup": s} for s in speedups])
@@ -77,13 +83,8 @@ def test_a_regression_is_run_again_and_fails_only_when_it_repeats(tmp_path, monk
 
 
 def test_another_cpus_baselines_are_not_compared_and_update_records_this_ones(tmp_path, monkeypatch, capsys):
-    check = load_check()
-    baselines = tmp_path / "baselines.json"
-    baselines.write_text(json.dumps({"that cpu": {"serve": {"batching_speedup": 9.0}}}))
-    monkeypatch.setattr(check, "BASELINES", baselines)
-    monkeypatch.setattr(check, "cpu_kind", lambda: "this cpu")
+    check, baselines = check_on_this_cpu(tmp_path, monkeypatch, {"that cpu": {"serve": {"batching_speedup": 9.0}}})
     monkeypatch.setattr(check, "run", lambda name: ({"batching_speedup": 1.0}, [1.0, 1.0]))
-    monkeypatch.setattr("sys.argv", ["check.py", "--only", "serve"])
     check.main()  # 1.0 against that CPU's 9.0 is no regression here
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["regressions"] == []

@@ -96,7 +96,8 @@ def test_an_artifact_changed_after_it_was_written_is_refused_with_its_name(tmp_p
     assert read_artifact(path, "ragline-test/1", "test probe", "make it")["coef"] == [0.75, 0.25]
 
 
-def test_a_converted_model_damaged_in_the_cache_is_converted_again(tmp_path, monkeypatch, caplog):
+def counted_conversion(tmp_path, monkeypatch):
+    """A model cache of its own and a conversion that counts its runs."""
     from ragline.engine.lm import packaged
 
     monkeypatch.setenv("RAGLINE_CACHE", str(tmp_path))
@@ -108,6 +109,13 @@ def test_a_converted_model_damaged_in_the_cache_is_converted_again(tmp_path, mon
         (folder / "config.json").write_text("{}")
         (folder / "model.safetensors").write_bytes(bytes(range(256)) * 64)
 
+    return conversions, convert
+
+
+def test_a_converted_model_damaged_in_the_cache_is_converted_again(tmp_path, monkeypatch, caplog):
+    from ragline.engine.lm import packaged
+
+    conversions, convert = counted_conversion(tmp_path, monkeypatch)
     folder = packaged._once_into_cache("test/tiny", convert)
     assert len(conversions) == 1 and damage_in(folder) is None and (folder / MANIFEST).is_file()
     assert packaged._once_into_cache("test/tiny", convert) == folder and len(conversions) == 1
@@ -122,14 +130,7 @@ def test_a_converted_model_damaged_in_the_cache_is_converted_again(tmp_path, mon
 def test_a_model_an_earlier_conversion_made_is_converted_again(tmp_path, monkeypatch, caplog):
     from ragline.engine.lm import packaged
 
-    monkeypatch.setenv("RAGLINE_CACHE", str(tmp_path))
-    monkeypatch.setattr(packaged, "_verified", set())
-    conversions = []
-
-    def convert(folder: Path) -> None:
-        conversions.append(folder)
-        (folder / "config.json").write_text("{}")
-
+    conversions, convert = counted_conversion(tmp_path, monkeypatch)
     folder = packaged._once_into_cache("test/tiny", convert)
     assert (folder / packaged.CONVERSION_FILE).read_text().strip() == str(packaged.CONVERSION)
     (folder / packaged.CONVERSION_FILE).unlink()  # as a ragline from before conversions were numbered left it
